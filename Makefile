@@ -1,0 +1,55 @@
+# Two commands matter on a fresh machine: `make demo` and `make test`. Each installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PYSPARK_PYTHON := $(abspath $(PY))
+export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
+
+.PHONY: setup demo test test-fast lint compile bench images clean java
+
+# Idempotent: re-installs only when pyproject.toml changed since the last install.
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip check
+	@touch $@
+
+java:
+	@command -v java >/dev/null || { echo "error: Spark needs Java 17 and 'java' is not on PATH." \
+	  "Install it: 'apt-get install -y openjdk-17-jre-headless' (Debian/Ubuntu) or 'brew install openjdk@17'." >&2; exit 1; }
+
+demo: setup java
+	$(VENV)/bin/ncfctl run
+
+test: setup java
+	bash scripts/ensure_postgres.sh
+	$(PY) -m pytest -q --timeout=900
+
+test-fast: setup java
+	$(PY) -m pytest -q -m "not slow" --timeout=600
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint docker/*.Dockerfile
+
+compile: setup
+	$(VENV)/bin/ncfctl compile --output-dir dist
+
+bench: setup java
+	$(PY) bench/preprocess.py
+	$(PY) bench/train.py
+	$(PY) bench/serve.py
+
+images:
+	docker build -f docker/pipeline.Dockerfile -t ncf-platform/pipeline:0.1.0 .
+	docker build -f docker/train-cuda.Dockerfile -t ncf-platform/train-cuda:0.1.0 .
+	docker build -f docker/serving.Dockerfile -t ncf-platform/serving:0.1.0 .
+
+clean:
+	rm -rf $(VENV) dist .pytest_cache runs

@@ -1,0 +1,257 @@
+"""The one place that talks to storage: local paths and `s3://bucket/key` URIs.
+
+- boto3 honours `AWS_ENDPOINT_URL` (and `AWS_ENDPOINT_URL_S3`), so the same code talks to AWS, MinIO or a
+  moto server on 127.0.0.1.
+- Directories are published atomically with `_SUCCESS` written last; a directory without `_SUCCESS` does not
+  exist for readers (`is_complete`).
+  * local: build in a temp sibling, then rename over the old one (a failed run leaves the old one intact).
+  * S3 (no rename there): upload to a staging prefix first (the slow, failure-prone part), then remove the old
+    `_SUCCESS`, copy server-side into place, prune stale keys, write `_SUCCESS` last. A failure during that short
+    swap leaves the directory without `_SUCCESS` (absent for readers, never half-read).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ncf.errors import UserError
+
+SUCCESS = "_SUCCESS"
+
+
+def is_s3(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith(("s3://", "s3a://"))
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """`s3://bucket/a/b` -> ("bucket", "a/b")."""
+    rest = str(uri).split("://", 1)[1]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise UserError(f"{uri}: no bucket in S3 URI")
+    return bucket, key.strip("/")
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    base = str(base)
+    if is_s3(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+_client = None
+
+
+def s3_client():
+    """A cached boto3 S3 client (endpoint from AWS_ENDPOINT_URL when set)."""
+    global _client
+    if _client is None:
+        import boto3
+
+        _client = boto3.client("s3")
+    return _client
+
+
+def reset_client() -> None:
+    """Forget the cached client (tests that change AWS_ENDPOINT_URL call this)."""
+    global _client
+    _client = None
+
+
+def _list_keys(bucket: str, prefix: str) -> list[str]:
+    paginator = s3_client().get_paginator("list_objects_v2")
+    keys: list[str] = []
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend(obj["Key"] for obj in page.get("Contents", []))
+    return keys
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    """A file, a directory or an S3 prefix with at least one object."""
+    if is_s3(uri):
+        bucket, key = split_s3(str(uri))
+        try:
+            s3_client().head_object(Bucket=bucket, Key=key)
+            return True
+        except Exception:
+            prefix = key.rstrip("/") + "/" if key else ""
+            resp = s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+            return resp.get("KeyCount", 0) > 0
+    return Path(uri).exists()
+
+
+def is_complete(uri: str | os.PathLike) -> bool:
+    """True when the directory has its `_SUCCESS` marker."""
+    return exists(join(uri, SUCCESS))
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    if is_s3(uri):
+        bucket, key = split_s3(str(uri))
+        try:
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            raise UserError(f"{uri}: cannot read ({exc})") from exc
+    try:
+        return Path(uri).read_bytes()
+    except OSError as exc:
+        raise UserError(f"{uri}: cannot read ({exc.strerror})") from exc
+
+
+def read_json(uri: str | os.PathLike) -> Any:
+    data = read_bytes(uri)
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{uri}: invalid JSON at line {exc.lineno} ({exc.msg})") from exc
+
+
+def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
+    """Write one file atomically (temp + rename locally; a single PUT on S3)."""
+    if is_s3(uri):
+        bucket, key = split_s3(str(uri))
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_json(uri: str | os.PathLike, obj: Any) -> None:
+    write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def list_dir(uri: str | os.PathLike) -> list[str]:
+    """Names directly under a directory / prefix (files and sub-directories), sorted."""
+    if is_s3(uri):
+        bucket, key = split_s3(str(uri))
+        prefix = key.rstrip("/") + "/" if key else ""
+        names: set[str] = set()
+        paginator = s3_client().get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            names.update(p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", []))
+            names.update(o["Key"][len(prefix):] for o in page.get("Contents", []))
+        return sorted(n for n in names if n)
+    path = Path(uri)
+    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+
+
+def download(uri: str, dest: str | os.PathLike) -> Path:
+    """Copy an S3 object or prefix to a local path; returns the local path."""
+    bucket, key = split_s3(uri)
+    dest = Path(dest)
+    try:
+        s3_client().head_object(Bucket=bucket, Key=key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        s3_client().download_file(bucket, key, str(dest))
+        return dest
+    except Exception:
+        pass
+    prefix = key.rstrip("/") + "/"
+    keys = _list_keys(bucket, prefix)
+    if not keys:
+        raise UserError(f"{uri}: no such S3 object or prefix")
+    for k in keys:
+        target = dest / k[len(prefix):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3_client().download_file(bucket, k, str(target))
+    return dest
+
+
+@contextlib.contextmanager
+def local_copy(uri: str | os.PathLike) -> Iterator[Path]:
+    """A local path to read `uri` from: the path itself when local, a temporary download when on S3."""
+    if not is_s3(uri):
+        if not Path(uri).exists():
+            raise UserError(f"{uri}: no such file or directory")
+        yield Path(uri)
+        return
+    with tempfile.TemporaryDirectory(prefix="ncf-stage-") as tmp:
+        name = split_s3(str(uri))[1].rstrip("/").rsplit("/", 1)[-1] or "object"
+        yield download(str(uri), Path(tmp) / name)
+
+
+def _publish_local(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(SUCCESS))
+    (tmp / SUCCESS).touch()
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish_s3(src: Path, dest: str) -> None:
+    bucket, key = split_s3(dest)
+    client = s3_client()
+    files = sorted(p for p in src.rglob("*") if p.is_file() and p.name != SUCCESS)
+    staging = f"_staging/{key}-{uuid.uuid4().hex[:8]}"
+    for path in files:
+        client.upload_file(str(path), bucket, f"{staging}/{path.relative_to(src).as_posix()}")
+    client.delete_object(Bucket=bucket, Key=f"{key}/{SUCCESS}")
+    wanted = set()
+    for path in files:
+        rel = path.relative_to(src).as_posix()
+        wanted.add(f"{key}/{rel}")
+        client.copy_object(Bucket=bucket, Key=f"{key}/{rel}", CopySource={"Bucket": bucket, "Key": f"{staging}/{rel}"})
+    for stale in set(_list_keys(bucket, key + "/")) - wanted:
+        client.delete_object(Bucket=bucket, Key=stale)
+    client.put_object(Bucket=bucket, Key=f"{key}/{SUCCESS}", Body=b"")
+    for k in _list_keys(bucket, staging + "/"):
+        client.delete_object(Bucket=bucket, Key=k)
+
+
+def publish_dir(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Publish a finished local directory at `dest` (local or S3), replacing any previous one, `_SUCCESS` last."""
+    src = Path(src)
+    if is_s3(dest):
+        _publish_s3(src, str(dest))
+    else:
+        _publish_local(src, Path(dest))
+
+
+@contextlib.contextmanager
+def staged_output(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty local directory to write into; on success publish it at `dest`, on error drop it.
+
+    Local destinations stage next to `dest` (same file system, so the final rename is atomic).
+    """
+    if is_s3(dest):
+        parent = None
+    else:
+        parent = Path(dest).parent
+        parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
+    try:
+        yield tmp
+        publish_dir(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def partition_uri(root: str | os.PathLike, run_date: str) -> str:
+    """`<root>/data/dt=YYYY-MM-DD`: where the preprocess step writes a run date's partition."""
+    return join(root, "data", f"dt={run_date}")
+
+
+def complete_partitions(root: str | os.PathLike) -> list[str]:
+    """Run dates under `<root>/data` whose partitions are complete, oldest first."""
+    data = join(root, "data")
+    if not exists(data):
+        return []
+    dates = [n[3:] for n in list_dir(data) if n.startswith("dt=")]
+    return [d for d in sorted(dates) if is_complete(partition_uri(root, d))]

@@ -1,0 +1,5 @@
+import sys
+
+from ncfctl.cli import main
+
+sys.exit(main())

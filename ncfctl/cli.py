@@ -1,0 +1,47 @@
+"""`ncfctl`: the one command-line entry point for humans.
+
+Each sub-command lives in the module that owns the step and exposes `main(argv) -> int`; modules are imported
+only when their command runs, so `ncfctl --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("spark.generate", "write synthetic e-commerce interaction logs"),
+    "preprocess": ("spark.preprocess", "raw logs -> a dt=YYYY-MM-DD training partition"),
+    "train": ("ncf.train", "train GMF / MLP / NeuMF on a partition -> a model package"),
+    "gate": ("ncf.gate", "register a model in MLflow and run the champion/challenger gate"),
+    "serve": ("serving.server", "serve a model package or registry alias on 127.0.0.1 (KServe)"),
+    "deploy": ("serving.deploy", "deploy the champion: local predictor or KServe InferenceService"),
+    "run": ("pipelines.local_run", "run the whole pipeline locally (kfp.local)"),
+    "compile": ("pipelines.compile", "compile the pipeline: KFP IR YAML and SageMaker definition JSON"),
+    "submit": ("pipelines.submit", "upload the pipeline to a KFP endpoint, create runs / schedules"),
+    "bench": ("bench.run", "run the benchmarks in bench/"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: ncfctl <command> [options]   (ncfctl <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Fixtures shared by every test area: the real MovieLens-100K file and a real S3 API (moto server)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("NCF_SHARED_DIR", REPO_ROOT.parent / "shared"))
+ML100K = SHARED / "datasets" / "ml-100k" / "u.data"
+
+
+@pytest.fixture(scope="session")
+def ml100k_path() -> Path:
+    """MovieLens-100K `u.data`, read from ../shared (its licence forbids committing it)."""
+    if not ML100K.exists():
+        pytest.skip(f"MovieLens-100K not found at {ML100K} (set NCF_SHARED_DIR to the folder holding datasets/)")
+    return ML100K
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """A moto S3 server on 127.0.0.1; yields its endpoint URL. Credentials are dummies scoped to the tests."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_server, monkeypatch):
+    """A fresh bucket on the moto server, with AWS_ENDPOINT_URL pointing the project's storage module at it."""
+    import uuid
+
+    import boto3
+
+    from ncf import storage
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    storage.reset_client()
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    yield name
+    storage.reset_client()

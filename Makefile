@@ -42,9 +42,7 @@ compile: setup
 	$(VENV)/bin/ncfctl compile --output-dir dist
 
 bench: setup java
-	$(PY) bench/preprocess.py
-	$(PY) bench/train.py
-	$(PY) bench/serve.py
+	$(VENV)/bin/ncfctl bench all
 
 images:
 	docker build -f docker/pipeline.Dockerfile -t ncf-platform/pipeline:0.1.0 .

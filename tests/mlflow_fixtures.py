@@ -1,0 +1,139 @@
+"""Real MLflow stores for tests: an embedded sqlite store, and an `mlflow server` on a throwaway PostgreSQL
+cluster with S3 artifacts on the moto server (tests/conftest.py).
+
+Test modules import the fixtures they use: `from tests.mlflow_fixtures import mlflow_server  # noqa: F401`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+PG_BIN = Path(os.environ.get("NCF_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pg_runner() -> list[str]:
+    """PostgreSQL refuses to run as root: run its tools as `nobody` when we are root."""
+    if os.geteuid() != 0:
+        return []
+    runuser = shutil.which("runuser")
+    if runuser is None:
+        pytest.skip("running as root and `runuser` is missing: cannot start PostgreSQL as a non-root user")
+    return [runuser, "-u", "nobody", "--"]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL 15 cluster on 127.0.0.1 with an empty `mlflow` database; yields its SQLAlchemy URL."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL not installed ({PG_BIN}/initdb missing; `bash scripts/ensure_postgres.sh` installs it)")
+    runner = _pg_runner()
+    root = Path(tempfile.mkdtemp(prefix="ncf-pg-"))
+    if runner:
+        shutil.chown(root, user="nobody")
+    data, port = root / "data", free_port()
+    try:
+        subprocess.run(
+            [*runner, str(PG_BIN / "initdb"), "-D", str(data), "--username=postgres", "--auth=trust",
+             "-E", "UTF8", "--no-sync"],
+            check=True, capture_output=True, text=True,
+        )
+        subprocess.run(
+            [*runner, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "start",
+             "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"],
+            check=True, capture_output=True, text=True,
+        )
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"cannot start a PostgreSQL cluster: {exc.stderr.strip() or exc}")
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        conn.autocommit = True
+        conn.cursor().execute("CREATE DATABASE mlflow")
+        conn.close()
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run([*runner, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """Environment for boto3 / MLflow to use the moto server with dummy credentials."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"mlflow server not healthy after {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres_url, moto_server):
+    """`mlflow server` backed by PostgreSQL with S3 (moto) artifacts; yields (tracking URL, artifact bucket).
+
+    Artifacts go straight to S3 (`--no-serve-artifacts`), so a model version's source is an s3:// URI that a
+    KServe storage initializer can download. Tests that talk to it must set `s3_env(moto_server)` themselves.
+    """
+    import boto3
+
+    env = {**os.environ, **s3_env(moto_server)}
+    bucket = f"mlflow-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    port = free_port()
+    log = Path(tempfile.mkstemp(prefix="ncf-mlflow-server-", suffix=".log")[1])
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(mlflow_bin), "server", "--backend-store-uri", postgres_url,
+             "--default-artifact-root", f"s3://{bucket}/mlflow", "--no-serve-artifacts",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url + "/health", proc, log, timeout=120)
+        yield url, bucket
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group: its workers too
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.unlink(missing_ok=True)

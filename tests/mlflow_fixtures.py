@@ -137,3 +137,90 @@ def mlflow_server(postgres_url, moto_server):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.unlink(missing_ok=True)
+
+
+# ---- tiny partitions and model packages (real files through ncf.package / the partition contract) ----------
+
+def tiny_partition(num_users: int = 40, num_items: int = 80, per_user: int = 8, num_neg: int = 20, seed: int = 0,
+                   uri: str = "memory://tiny"):
+    """A leave-one-out partition: each user's test item and negatives are never among its training items."""
+    import numpy as np
+
+    from ncf.data import Partition
+
+    rng = np.random.default_rng(seed)
+    train_u, train_i, test_i, negs = [], [], [], []
+    for u in range(num_users):
+        items = rng.choice(num_items, per_user + 1 + num_neg, replace=False)
+        train_u += [u] * per_user
+        train_i += items[:per_user].tolist()
+        test_i.append(items[per_user])
+        negs.append(items[per_user + 1:])
+    return Partition(
+        uri=uri,
+        train_users=np.asarray(train_u, dtype=np.int32),
+        train_items=np.asarray(train_i, dtype=np.int32),
+        train_ts=rng.integers(0, 10_000, len(train_u)).astype(np.int64),
+        test_users=np.arange(num_users, dtype=np.int32),
+        test_items=np.asarray(test_i, dtype=np.int32),
+        test_negatives=np.asarray(negs, dtype=np.int32),
+        user_ids=np.asarray([f"u{u}" for u in range(num_users)], dtype=object),
+        item_ids=np.asarray([f"i{i}" for i in range(num_items)], dtype=object),
+        stats={"schema_version": 1, "num_users": num_users, "num_items": num_items, "run_date": "2026-11-27"},
+    )
+
+
+def write_partition(partition, uri: str) -> str:
+    """Publish `partition` at `uri` in the partition contract's layout (Parquet tables, stats.json, _SUCCESS)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ncf import storage
+
+    p = partition
+    tables = {
+        "train": pa.table({"user_idx": p.train_users, "item_idx": p.train_items, "ts": p.train_ts}),
+        "test": pa.table({"user_idx": p.test_users, "item_idx": p.test_items}),
+        "test_negatives": pa.table({"user_idx": p.test_users,
+                                    "neg_items": pa.array(p.test_negatives.tolist(), pa.list_(pa.int32()))}),
+        "user_map": pa.table({"user_id": p.user_ids.tolist(),
+                              "user_idx": pa.array(range(p.num_users), pa.int32())}),
+        "item_map": pa.table({"item_id": p.item_ids.tolist(),
+                              "item_idx": pa.array(range(p.num_items), pa.int32())}),
+    }
+    with storage.staged_output(uri) as tmp:
+        for name, table in tables.items():
+            (tmp / name).mkdir()
+            pq.write_table(table, tmp / name / "part-0.parquet")
+        storage.write_json(tmp / "stats.json", p.stats)
+    return uri
+
+
+def oracle_model(partition, noise: float, seed: int = 0):
+    """A GMF whose quality is set by `noise`: 0 ranks each user's test item first, larger is closer to random."""
+    import torch
+
+    from ncf.models import ModelSpec, build_model
+
+    gen = torch.Generator().manual_seed(seed)
+    factors = 32
+    model = build_model(ModelSpec("GMF", partition.num_users, partition.num_items, factor_num=factors))
+    with torch.no_grad():
+        items = torch.randn(partition.num_items, factors, generator=gen)
+        model.embed_item_GMF.weight.copy_(items)
+        users = torch.randn(partition.num_users, factors, generator=gen) * noise
+        users[torch.as_tensor(partition.test_users, dtype=torch.long)] += items[
+            torch.as_tensor(partition.test_items, dtype=torch.long)]
+        model.embed_user_GMF.weight.copy_(users)
+        model.predict_layer.weight.fill_(1.0)
+        model.predict_layer.bias.zero_()
+    return model.eval()
+
+
+def make_package(uri: str, partition, model, metrics: dict | None = None, hyperparameters: dict | None = None) -> str:
+    """A real model package (ncf.package.save_package) for `model` trained on `partition`."""
+    from ncf.package import package_tables, save_package
+
+    return save_package(uri, model, **package_tables(partition), metrics=metrics or {"ndcg@10": 0.0},
+                        hyperparameters=hyperparameters or {"epochs": 1, "lr": 0.001, "factor_num": 32},
+                        extra={"partition_uri": partition.uri})

@@ -1,0 +1,246 @@
+"""Synthetic e-commerce interaction logs: the platform's default data, so a demo needs no download.
+
+The world has topics. Each item belongs to one topic and has a power-law popularity; each user has three
+favourite topics (weights 0.55 / 0.25 / 0.10) and explores the whole catalogue the remaining 10% of the time.
+User activity is power-law too. Every event is a (user, item) draw from that model, typed view / cart /
+purchase (on-taste items convert more often), stamped uniformly over `days` days. A recommender that learns
+the users' tastes beats popularity clearly; one that learns nothing does not.
+
+Generation runs inside Spark: `spark.range(num_events)` split over partitions, each batch of event ids turned
+into events by vectorized numpy. Event `e` is a pure function of (seed, e), so output is identical for a seed
+whatever the partitioning or cluster.
+
+    ncfctl generate --output-uri runs/raw/events --num-events 300000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `spark-submit spark/generate.py`: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from ncf import storage
+from ncf.config import add_arguments, from_namespace, param
+from ncf.errors import UserError, exit_on_user_error
+
+OUTPUT_FORMATS = ("parquet", "csv", "jsonl")
+EVENT_TYPES = ("view", "cart", "purchase")
+TASTE_WEIGHTS = (0.55, 0.25, 0.10)  # favourite topics; the rest of the probability mass explores
+USER_ACTIVITY_EXPONENT = 0.5
+ITEM_POPULARITY_EXPONENT = 0.8
+# P(cart), P(purchase) for on-taste vs exploratory interactions
+ON_TASTE_CONVERSION = (0.17, 0.08)
+EXPLORE_CONVERSION = (0.08, 0.02)
+EVENTS_PER_PARTITION = 2_000_000
+
+
+@dataclasses.dataclass
+class GenerateConfig:
+    output_uri: str = param(help="where to write the event log (local path or s3://); replaced atomically")
+    num_events: int = param(300_000, "number of events to generate (10k .. 100M+)", pipeline=True)
+    num_users: int = param(0, "number of users; 0 = num_events / 60")
+    num_items: int = param(0, "number of items; 0 = num_events / 150")
+    num_topics: int = param(0, "number of taste topics; 0 = num_items / 100, within [8, 200]")
+    days: int = param(30, "time span of the events in days")
+    start_date: str = param("2026-01-01", "first day of the events (UTC, YYYY-MM-DD)")
+    seed: int = param(42, "random seed: same seed, same events")
+    output_format: str = param("parquet", "file format of the log", choices=OUTPUT_FORMATS)
+    num_files: int = param(0, "number of output files; 0 = one per 2M events")
+    master: str = param("", "Spark master URL; default: spark-submit's --master, else local[*]")
+
+
+@dataclasses.dataclass
+class GenerateResult:
+    output_uri: str
+    num_events: int
+    num_users: int
+    num_items: int
+    num_topics: int
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """Everything an event draw depends on besides its id; rebuilt identically on every worker."""
+
+    seed: int
+    num_users: int
+    num_items: int
+    num_topics: int
+    start_ts: int
+    span_seconds: int
+
+
+def resolve_sizes(config: GenerateConfig) -> World:
+    if config.num_events < 1:
+        raise UserError(f"--num-events {config.num_events}: must be positive")
+    users = config.num_users or max(50, config.num_events // 60)
+    items = config.num_items or max(50, config.num_events // 150)
+    topics = config.num_topics or min(200, max(8, items // 100))
+    for flag, value in (("--num-users", users), ("--num-items", items), ("--num-topics", topics), ("--days", config.days)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be positive")
+    if topics > items:
+        raise UserError(f"--num-topics {topics}: cannot exceed --num-items {items}")
+    try:
+        start = dt.datetime.strptime(config.start_date, "%Y-%m-%d").replace(tzinfo=dt.UTC)
+    except ValueError as exc:
+        raise UserError(f"--start-date {config.start_date!r}: expected YYYY-MM-DD") from exc
+    return World(config.seed, users, items, topics, int(start.timestamp()), config.days * 86_400)
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer: a fast, well-distributed 64-bit hash (vectorized, wraps on overflow)."""
+    with np.errstate(over="ignore"):
+        x = x + _GOLDEN
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def hash_uniform(seed: int, ids: np.ndarray, stream: int) -> np.ndarray:
+    """Uniform [0, 1) floats, a pure function of (seed, id, stream)."""
+    key = _mix(np.array([seed * 1_000_003 + stream], dtype=np.uint64))
+    bits = _mix(ids.astype(np.uint64) ^ key)
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def _cdf(weights: np.ndarray) -> np.ndarray:
+    cdf = np.cumsum(weights)
+    return cdf / cdf[-1]
+
+
+class EventModel:
+    """Samplers built from the world once per Spark task (a few ms for a million items)."""
+
+    def __init__(self, world: World):
+        self.world = world
+        rng = np.random.default_rng(world.seed)
+        # popularity rank -> id, so ids carry no information about activity or popularity
+        self.user_by_rank = rng.permutation(world.num_users)
+        self.item_by_rank = rng.permutation(world.num_items)
+        self.user_cdf = _cdf(np.arange(1, world.num_users + 1, dtype=np.float64) ** -USER_ACTIVITY_EXPONENT)
+        item_weight = np.arange(1, world.num_items + 1, dtype=np.float64) ** -ITEM_POPULARITY_EXPONENT
+        self.item_cdf = _cdf(item_weight)
+        topics = (hash_uniform(world.seed, self.item_by_rank, 1) * world.num_topics).astype(np.int64)
+        # items grouped by topic (popularity order inside): one cumulative array serves every topic
+        order = np.lexsort((np.arange(world.num_items), topics))
+        self.topic_items = self.item_by_rank[order]
+        topic_cum = np.cumsum(item_weight[order])
+        counts = np.bincount(topics, minlength=world.num_topics)
+        ends = np.cumsum(counts)
+        starts = ends - counts
+        self.topic_cum = topic_cum
+        self.topic_lo = np.where(counts > 0, topic_cum[np.maximum(starts - 1, 0)] * (starts > 0), 0.0)
+        self.topic_hi = np.where(counts > 0, topic_cum[np.maximum(ends - 1, 0)], 0.0)
+        self.topic_last = np.maximum(ends - 1, 0)
+        self.topic_empty = counts == 0
+
+    def events(self, event_ids: np.ndarray) -> dict[str, np.ndarray]:
+        w, seed = self.world, self.world.seed
+        u = [hash_uniform(seed, event_ids, stream) for stream in range(10, 17)]
+        users = self.user_by_rank[np.searchsorted(self.user_cdf, u[0], side="right").clip(max=w.num_users - 1)]
+        # favourite topics of each user: a pure function of (seed, user)
+        favourites = np.stack(
+            [(hash_uniform(seed, users, 100 + k) * w.num_topics).astype(np.int64) for k in range(len(TASTE_WEIGHTS))]
+        )
+        bounds = np.cumsum(TASTE_WEIGHTS)
+        choice = np.searchsorted(bounds, u[1], side="right")  # 0..2 favourite, 3 explore
+        on_taste = choice < len(TASTE_WEIGHTS)
+        topic = favourites[np.minimum(choice, len(TASTE_WEIGHTS) - 1), np.arange(len(users))]
+        on_taste &= ~self.topic_empty[topic]
+        lo, hi = self.topic_lo[topic], self.topic_hi[topic]
+        pos = np.searchsorted(self.topic_cum, lo + u[2] * (hi - lo), side="right")
+        taste_items = self.topic_items[np.minimum(pos, self.topic_last[topic])]
+        explore_items = self.item_by_rank[np.searchsorted(self.item_cdf, u[3], side="right").clip(max=w.num_items - 1)]
+        items = np.where(on_taste, taste_items, explore_items)
+        cart_p = np.where(on_taste, ON_TASTE_CONVERSION[0], EXPLORE_CONVERSION[0])
+        purchase_p = np.where(on_taste, ON_TASTE_CONVERSION[1], EXPLORE_CONVERSION[1])
+        kind = np.where(u[4] < purchase_p, 2, np.where(u[4] < purchase_p + cart_p, 1, 0))
+        ts = w.start_ts + (u[5] * w.span_seconds).astype(np.int64)
+        return {
+            "user_id": users.astype(np.int64),
+            "item_id": items.astype(np.int64),
+            "event_type": np.asarray(EVENT_TYPES, dtype=object)[kind],
+            "ts": ts,
+        }
+
+
+SCHEMA = "user_id long, item_id long, event_type string, ts long"
+
+
+def events_frame(spark, world: World, num_events: int, num_partitions: int):
+    """A DataFrame of `num_events` synthetic events, computed lazily on the executors."""
+
+    def to_events(batches):
+        import pandas as pd
+
+        model = EventModel(world)
+        for batch in batches:
+            yield pd.DataFrame(model.events(batch["id"].to_numpy()))
+
+    return spark.range(0, num_events, 1, num_partitions).mapInPandas(to_events, SCHEMA)
+
+
+def _write(frame, path: Path, output_format: str) -> None:
+    writer = frame.write.mode("overwrite")
+    if output_format == "parquet":
+        writer.parquet(str(path))
+    elif output_format == "csv":
+        writer.option("header", True).csv(str(path))
+    else:
+        writer.json(str(path))
+    if output_format == "jsonl":  # Spark names JSON Lines parts *.json; say what they are
+        for part in path.glob("*.json"):
+            part.rename(part.with_suffix(".jsonl"))
+    for checksum in path.glob(".*.crc"):
+        checksum.unlink()
+
+
+def run(config: GenerateConfig) -> GenerateResult:
+    from spark.session import get_spark
+
+    if config.output_format not in OUTPUT_FORMATS:
+        raise UserError(f"--output-format {config.output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}")
+    world = resolve_sizes(config)
+    started = time.perf_counter()
+    spark = get_spark(config.master, app_name="ncf-generate")
+    partitions = config.num_files or max(1, -(-config.num_events // EVENTS_PER_PARTITION))
+    frame = events_frame(spark, world, config.num_events, partitions)
+    with storage.staged_output(config.output_uri) as staging:
+        _write(frame, staging / "events", config.output_format)
+        for part in (staging / "events").iterdir():
+            part.rename(staging / part.name)
+        (staging / "events").rmdir()
+    return GenerateResult(
+        config.output_uri, config.num_events, world.num_users, world.num_items, world.num_topics,
+        round(time.perf_counter() - started, 2),
+    )
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="ncfctl generate", description=__doc__.split("\n\n")[0])
+    add_arguments(parser, GenerateConfig)
+    result = run(from_namespace(GenerateConfig, parser.parse_args(argv)))
+    print(
+        f"wrote {result.num_events:,} events ({result.num_users:,} users, {result.num_items:,} items, "
+        f"{result.num_topics} topics) to {result.output_uri} in {result.seconds:.1f}s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -127,6 +127,11 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in _REQUIREMENTS]
 
 
+def metric_key(name: str) -> str:
+    """MLflow keys cannot hold '@': `ndcg@10` -> `ndcg_at_10`."""
+    return name.replace("@", "_at_")
+
+
 def lineage_tags(package_uri: str, config: dict[str, Any], metrics: dict[str, float], *, partition_uri: str,
                  run_date: str, git_commit: str, pipeline_run_id: str) -> dict[str, str]:
     """Version tags: data partition + run date, code commit, pipeline run, hyperparameters, metrics."""
@@ -141,7 +146,8 @@ def lineage_tags(package_uri: str, config: dict[str, Any], metrics: dict[str, fl
     }
     tags.update({f"hp.{k}": json.dumps(v) if not isinstance(v, str) else v
                  for k, v in sorted(config.get("hyperparameters", {}).items())})
-    tags.update({f"metric.{k}": f"{v:.6f}" for k, v in sorted(metrics.items()) if isinstance(v, int | float)})
+    tags.update({f"metric.{metric_key(k)}": f"{v:.6f}" for k, v in sorted(metrics.items())
+                 if isinstance(v, int | float)})
     return {k: v for k, v in tags.items() if v != ""}
 
 
@@ -173,7 +179,7 @@ def register_package(package_uri: str, *, tracking_uri: str, model_name: str = D
             if params:
                 mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
             if metrics:
-                mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()})
+                mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()})
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=NCFPythonModel(),
@@ -204,12 +210,6 @@ def alias_version(tracking_uri: str, model_name: str, alias: str):
 
 def set_alias(tracking_uri: str, model_name: str, alias: str, version: str) -> None:
     client(tracking_uri).set_registered_model_alias(model_name, alias, str(version))
-
-
-def set_tags(tracking_uri: str, model_name: str, version: str, tags: dict[str, str]) -> None:
-    mlflow_client = client(tracking_uri)
-    for key, value in tags.items():
-        mlflow_client.set_model_version_tag(model_name, str(version), key, value)
 
 
 def package_artifact_uri(tracking_uri: str, model_name: str, version: str) -> str:

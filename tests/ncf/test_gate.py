@@ -1,0 +1,192 @@
+"""The champion/challenger gate: the pure rule, fair scoring across id maps, and real gate runs on sqlite MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+
+import numpy as np
+import pytest
+
+from ncf import gate, registry
+from ncf.errors import UserError
+from tests.mlflow_fixtures import make_package, oracle_model, tiny_partition, write_partition
+
+# ---- the pure rule -------------------------------------------------------------------------------------------
+
+
+def test_first_model_needs_only_the_floor():
+    assert gate.decide(0.3, None, min_delta=0.5, floor=0.2).promoted
+    rejected = gate.decide(0.1, None, min_delta=0.0, floor=0.2)
+    assert not rejected.promoted and "below the floor" in rejected.reason
+
+
+@pytest.mark.parametrize(("challenger", "champion", "min_delta", "floor", "promoted", "why"), [
+    (0.50, 0.40, 0.05, 0.0, True, "gain"),
+    (0.40, 0.50, 0.00, 0.0, False, "not better"),
+    (0.40, 0.40, 0.00, 0.0, False, "not better"),          # equal: no promotion, even with min_delta 0
+    (0.42, 0.40, 0.05, 0.0, False, "below min_delta"),
+    (0.50, 0.40, 0.00, 0.6, False, "below the floor"),     # better than the champion but under the floor
+    (float("nan"), 0.40, 0.0, 0.0, False, "nan"),
+])
+def test_decisions(challenger, champion, min_delta, floor, promoted, why):
+    decision = gate.decide(challenger, champion, min_delta=min_delta, floor=floor)
+    assert decision.promoted is promoted
+    assert why in decision.reason
+
+
+def test_negative_min_delta_is_refused():
+    with pytest.raises(UserError, match="min_delta"):
+        gate.decide(0.3, 0.4, min_delta=-0.2, floor=0.0)
+
+
+def test_never_promotes_a_worse_or_equal_model_property():
+    rng = np.random.default_rng(7)
+    for _ in range(5000):
+        champion = None if rng.random() < 0.1 else float(rng.choice([rng.random(), 0.5]))
+        challenger = float(rng.choice([rng.random(), 0.5, champion if champion is not None else 0.5]))
+        decision = gate.decide(challenger, champion, min_delta=float(rng.choice([0.0, rng.random() * 0.2])),
+                               floor=float(rng.random() * 0.3))
+        if decision.promoted and champion is not None:
+            assert challenger > champion
+
+
+def test_paired_bootstrap_separates_real_gains_from_noise():
+    rng = np.random.default_rng(0)
+    champion = rng.random(400)
+    clearly_better = np.clip(champion + 0.1, 0, 1)
+    noisy = champion + rng.normal(0, 0.3, 400)
+    noisy += 0.001 - (noisy.mean() - champion.mean())  # tiny mean gain, large per-user noise
+    assert gate.paired_bootstrap_p(clearly_better, champion, 500) < 0.01
+    decision = gate.decide(float(noisy.mean()), float(champion.mean()), min_delta=0.0, floor=0.0,
+                           challenger_per_user=noisy, champion_per_user=champion, bootstrap_samples=500)
+    assert not decision.promoted and "not significant" in decision.reason
+    assert decision.p_value > 0.05
+
+
+def test_gate_metric_names():
+    assert gate.parse_metric("full_ndcg@10") == (True, "ndcg", 10)
+    assert gate.parse_metric("hr@5") == (False, "hr", 5)
+    with pytest.raises(UserError, match="gate_metric"):
+        gate.parse_metric("auc")
+
+
+# ---- fair scoring across id maps ----------------------------------------------------------------------------
+
+
+def test_champion_is_scored_in_its_own_id_space():
+    """A champion trained when ids had other indices (and fewer users) ranks the same users the same way."""
+    from ncf.evaluate import evaluate
+    from ncf.package import load_package
+
+    old = tiny_partition(num_users=30, seed=3)
+    model = oracle_model(old, noise=0.8)
+    # The newest partition: the same users under shuffled indices, plus 10 users the champion never saw.
+    new = tiny_partition(num_users=40, seed=3)
+    perm = np.random.default_rng(1).permutation(30)
+    user_ids = new.user_ids.copy()
+    user_ids[:30] = old.user_ids[perm]
+    new = dataclasses.replace(
+        new, user_ids=user_ids,
+        test_items=np.r_[old.test_items[perm], new.test_items[30:]].astype(np.int32),
+        test_negatives=np.r_[old.test_negatives[perm], new.test_negatives[30:]].astype(np.int32))
+    with tempfile.TemporaryDirectory() as tmp:
+        champion = load_package(make_package(f"{tmp}/old", old, model))
+        (scores,), num_users = gate.score_packages([champion], new, "ndcg@10")
+    direct = evaluate(model, old, 10)
+    assert num_users == 30
+    assert scores.metrics["ndcg@10"] == pytest.approx(direct.ndcg)
+    assert scores.metrics["hr@10"] == pytest.approx(direct.hr)
+
+
+# ---- real gate runs (sqlite MLflow, local storage) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A storage root with one partition and packages of known quality (noise: lower is better)."""
+    root = tmp_path_factory.mktemp("gate-root")
+    partition = tiny_partition(num_users=60, num_items=120, uri=str(root / "data" / "dt=2026-11-27"))
+    write_partition(partition, partition.uri)
+    packages = {}
+    for name, noise, seed in [("medium", 1.2, 0), ("worse", 3.0, 1), ("better", 0.5, 2), ("medium_copy", 1.2, 0)]:
+        packages[name] = make_package(str(root / "models" / name), partition, oracle_model(partition, noise, seed))
+    return root, partition, packages
+
+
+def _gate(store, package: str, **overrides) -> gate.GateResult:
+    root, partition, packages = store
+    config = gate.GateConfig(model_uri=packages[package], partition_uri=partition.uri, pipeline_run_id="run-42",
+                             **overrides)
+    return gate.run(config)
+
+
+def test_gate_sequence_aliases_tags_and_reports(store):
+    root, partition, _ = store
+    tracking_uri = registry.default_tracking_uri(root)
+
+    below = _gate(store, "medium", floor=0.99)
+    assert not below.promoted and "floor" in below.reason
+    assert registry.alias_version(tracking_uri, "ncf", "champion") is None
+    assert str(registry.alias_version(tracking_uri, "ncf", "challenger").version) == below.version
+
+    first = _gate(store, "medium")
+    assert first.promoted and first.champion_version is None and "first model" in first.reason
+    assert str(registry.alias_version(tracking_uri, "ncf", "champion").version) == first.version
+
+    worse = _gate(store, "worse")
+    assert not worse.promoted and worse.champion_version == first.version
+    assert worse.challenger_score < worse.champion_score
+    assert str(registry.alias_version(tracking_uri, "ncf", "champion").version) == first.version
+    assert str(registry.alias_version(tracking_uri, "ncf", "challenger").version) == worse.version
+
+    equal = _gate(store, "medium_copy")
+    assert not equal.promoted and equal.challenger_score == equal.champion_score
+
+    too_small = _gate(store, "better", min_delta=0.9)
+    assert not too_small.promoted and "min_delta" in too_small.reason
+
+    better = _gate(store, "better", min_delta=0.01)
+    assert better.promoted and better.challenger_score > better.champion_score
+    champion = registry.alias_version(tracking_uri, "ncf", "champion")
+    assert str(champion.version) == better.version
+
+    tags = champion.tags
+    assert tags["gate"] == "passed" and tags["gate.champion_version"] == first.version
+    assert float(tags["gate.challenger_score"]) == pytest.approx(better.challenger_score, abs=1e-6)
+    assert tags["partition_uri"] == partition.uri and tags["run_date"] == "2026-11-27"
+    assert tags["pipeline_run_id"] == "run-42" and tags["hp.factor_num"] == "32"
+    assert {"eval.ndcg_at_10", "eval.hr_at_10", "eval.full_ndcg_at_10", "eval.full_hr_at_10"} <= {
+        k.removeprefix("metric.") for k in tags}
+    rejected = registry.client(tracking_uri).get_model_version("ncf", worse.version).tags
+    assert rejected["gate"] == "rejected" and "not better" in rejected["gate.reason"]
+
+    report = json.loads((root / "reports" / "gate" / f"ncf-v{better.version}" / "gate.json").read_text())
+    assert report["promoted"] and report["champion_version"] == first.version
+    html = (root / "reports" / "gate" / f"ncf-v{better.version}" / "gate.html").read_text()
+    assert "PROMOTED" in html and "ndcg@10" in html
+
+
+def test_gate_never_moves_champion_to_a_worse_model(store):
+    """Whatever order challengers arrive in, the champion's score on the same data never goes down."""
+    root, partition, _ = store
+    tracking_uri = registry.default_tracking_uri(root / "order")
+    best = -1.0
+    for name in ["worse", "better", "medium", "worse"]:
+        result = _gate(store, name, tracking_uri=tracking_uri, report_uri=str(root / "order-reports" / name))
+        champion_score = result.challenger_score if result.promoted else result.champion_score
+        assert champion_score >= best
+        if result.promoted:
+            assert result.champion_score is None or result.challenger_score > result.champion_score
+        best = champion_score
+
+
+def test_gate_rejects_bad_input(store, capsys):
+    root, partition, packages = store
+    assert gate.main(["--model-uri", str(root / "models" / "missing"), "--partition-uri", partition.uri]) == 2
+    assert "no such model package" in capsys.readouterr().err
+    assert gate.main(["--model-uri", packages["medium"], "--gate-metric", "auc"]) == 2
+    assert "gate_metric" in capsys.readouterr().err
+    assert gate.main(["--model-uri", packages["medium"], "--min-delta", "-1"]) == 2
+    assert "min_delta" in capsys.readouterr().err

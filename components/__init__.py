@@ -1,0 +1,1 @@
+"""KFP lightweight components, one per pipeline step: thin wrappers that import the step inside their body."""

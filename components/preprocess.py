@@ -1,0 +1,31 @@
+"""KFP component: raw logs -> the run date's partition (wraps spark/preprocess.py)."""
+
+# No `from __future__ import annotations`: KFP reads the annotations as types.
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from pipelines.images import PIPELINE_IMAGE
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def preprocess(input_uri: str, storage_root: str, run_date: str, partition: Output[Dataset]):
+    """Writes `<storage_root>/data/dt=<run_date>`; the artifact carries its URI and stats for the UI."""
+    args = dict(locals())  # first statement: the parameters, by name, for the step's config
+    import json
+
+    from ncf.config import pipeline_fields
+    from spark.preprocess import PreprocessConfig, run
+
+    config = PreprocessConfig(**{f.name: args[f.name] for f in pipeline_fields(PreprocessConfig)})
+    result = run(config)
+    stats = dict(getattr(result, "stats", None) or {})
+    partition.metadata.update(
+        {
+            "partition_uri": result.partition_uri,
+            "storage_root": storage_root,
+            "run_date": run_date,
+            **{k: v for k, v in stats.items() if isinstance(v, (int, float, str))},
+        }
+    )
+    with open(partition.path, "w") as out:
+        json.dump({"partition_uri": result.partition_uri, "stats": stats}, out, indent=2, default=str)

@@ -1,0 +1,179 @@
+"""The KFP adapter: the declared pipeline (pipelines/definition.py) as a KFP pipeline.
+
+The same pipeline object is compiled to IR YAML for a cluster (`ncfctl compile`, `ncfctl submit`) and run
+on this machine by kfp.local (`ncfctl run`). Kubernetes settings (GPU, AWS credentials from a Secret,
+retries, timeouts, caching) are kfp-kubernetes platform config: the local runner ignores them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kfp import compiler, dsl, kubernetes
+
+from components.deploy import deploy
+from components.gate import gate
+from components.preprocess import preprocess
+from components.train import train
+from pipelines import definition
+from pipelines.definition import GATE, STEPS, AdapterError, Step
+
+
+@dataclasses.dataclass(frozen=True)
+class KubernetesSettings:
+    """Cluster-side settings of the compiled pipeline (flags of `ncfctl compile` / `ncfctl submit`)."""
+
+    gpu_count: int = 1  # nvidia.com/gpu for the train task; 0 trains on CPU
+    gpu_node_selector: tuple[tuple[str, str], ...] = (("nvidia.com/gpu.present", "true"),)
+    gpu_tolerations: tuple[tuple[str, str], ...] = (("nvidia.com/gpu", "NoSchedule"),)  # (key, effect)
+    aws_secret: str = "ncf-aws-credentials"  # "" = pods get no AWS credentials from a Secret
+    aws_secret_keys: tuple[str, ...] = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    aws_optional_keys: tuple[str, ...] = ("AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")  # MinIO, region
+    retries: int = 2
+    backoff: str = "60s"
+    backoff_factor: float = 2.0
+    backoff_max: str = "1h"
+    timeouts_s: tuple[tuple[str, int], ...] = (
+        ("preprocess", 2 * 3600),
+        ("train", 6 * 3600),
+        ("gate", 3600),
+        ("deploy", 1200),
+    )
+    caching: bool = True
+
+
+# (declared step, all pipeline parameters, tasks built so far) -> this step's task
+Builder = Callable[[Step, dict[str, Any], dict[str, dsl.PipelineTask]], dsl.PipelineTask]
+
+
+def _inputs(step: Step, params: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline parameters that are this step's user-facing config fields."""
+    return {name: params[name] for name in definition.step_parameters(step)}
+
+
+def _build_preprocess(step, params, tasks):
+    return preprocess(**_inputs(step, params))
+
+
+def _build_train(step, params, tasks):
+    return train(
+        partition=tasks["preprocess"].outputs["partition"],
+        pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        **_inputs(step, params),
+    )
+
+
+def _build_gate(step, params, tasks):
+    return gate(
+        partition=tasks["preprocess"].outputs["partition"],
+        package=tasks["train"].outputs["package"],
+        pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        **_inputs(step, params),
+    )
+
+
+def _build_deploy(step, params, tasks):
+    return deploy(**_inputs(step, params))
+
+
+# How this backend builds each declared step. A step declared in definition.STEPS but missing here makes
+# `build_pipeline` fail with a message naming this adapter.
+BUILDERS: dict[str, Builder] = {
+    "preprocess": _build_preprocess,
+    "train": _build_train,
+    "gate": _build_gate,
+    "deploy": _build_deploy,
+}
+
+
+def _apply_kubernetes(task: dsl.PipelineTask, step: str, settings: KubernetesSettings) -> None:
+    task.set_caching_options(settings.caching)
+    if settings.retries:
+        task.set_retry(
+            num_retries=settings.retries,
+            backoff_duration=settings.backoff,
+            backoff_factor=settings.backoff_factor,
+            backoff_max_duration=settings.backoff_max,
+        )
+    timeout = dict(settings.timeouts_s).get(step)
+    if timeout:
+        kubernetes.set_timeout(task, timeout)
+    if settings.aws_secret:
+        kubernetes.use_secret_as_env(
+            task, secret_name=settings.aws_secret, secret_key_to_env={k: k for k in settings.aws_secret_keys}
+        )
+        if settings.aws_optional_keys:
+            kubernetes.use_secret_as_env(
+                task,
+                secret_name=settings.aws_secret,
+                secret_key_to_env={k: k for k in settings.aws_optional_keys},
+                optional=True,
+            )
+    if step == "train" and settings.gpu_count > 0:
+        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(settings.gpu_count)
+        for key, value in settings.gpu_node_selector:
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for key, effect in settings.gpu_tolerations:
+            kubernetes.add_toleration(task, key=key, operator="Exists", effect=effect)
+
+
+def build_pipeline(
+    settings: KubernetesSettings = KubernetesSettings(),
+    steps: tuple[Step, ...] = STEPS,
+    builders: dict[str, Builder] | None = None,
+    overrides: dict[str, Any] | None = None,
+):
+    """The KFP pipeline: one parameter per declared parameter (`overrides` replaces defaults)."""
+    builders = BUILDERS if builders is None else builders
+    definition.check_adapter("kfp", builders, steps)
+    params = definition.parameters(steps)
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - {p.name for p in params})
+    if unknown:
+        raise AdapterError(f"unknown pipeline parameter(s) {unknown}; known: {[p.name for p in params]}")
+    order = definition.dependency_order(steps)
+    by_name = {s.name: s for s in steps}
+
+    # KFP passes pipeline parameters positionally, in signature order; required ones must come first.
+    ordered = sorted(params, key=lambda p: not p.required)
+
+    def body(*args):
+        values = dict(zip([p.name for p in ordered], args, strict=True))
+        tasks: dict[str, dsl.PipelineTask] = {}
+        for name in order:
+            if name in GATE.guarded:
+                with dsl.If(tasks[GATE.step].outputs["Output"] == GATE.equals, name=f"{GATE.step}-{GATE.output}"):
+                    task = builders[name](by_name[name], values, tasks)
+            else:
+                task = builders[name](by_name[name], values, tasks)
+            task.set_display_name(name)
+            for upstream in by_name[name].after:
+                task.after(tasks[upstream])
+            _apply_kubernetes(task, name, settings)
+            tasks[name] = task
+
+    body.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter(
+                p.name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=overrides.get(p.name, inspect.Parameter.empty if p.required else p.default),
+                annotation=p.type,
+            )
+            for p in ordered
+        ]
+    )
+    body.__name__ = definition.PIPELINE_NAME.replace("-", "_")
+    return dsl.pipeline(name=definition.PIPELINE_NAME, description=definition.DESCRIPTION)(body)
+
+
+def compile_ir(path: str | Path, settings: KubernetesSettings = KubernetesSettings(), **kwargs) -> Path:
+    """Compile the pipeline to KFP IR YAML at `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(settings, **kwargs), package_path=str(path))
+    return path

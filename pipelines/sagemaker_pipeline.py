@@ -1,0 +1,368 @@
+"""The SageMaker adapter: the declared pipeline (pipelines/definition.py) as a SageMaker Pipeline (SDK 3.x).
+
+  preprocess -> ProcessingStep (pipeline image, `python -m pipelines.sagemaker_entry preprocess ...`)
+  train      -> TrainingStep (train-cuda image; metric definitions HR/NDCG/Loss; channels train/test)
+  gate       -> ProcessingStep writing evaluation.json, read by a PropertyFile
+                + ConditionStep `gate-promoted` on its `promoted` field
+  deploy     -> (if promoted) register into the model package group, create the model, endpoint config and
+                endpoint; else FailStep `gate-rejected` with the gate's reason
+
+`definition()` needs no AWS access: every URI is explicit (built from the `storage_root` parameter, which must
+be an s3:// URI), the SDK never looks up a default bucket, telemetry is off, role validation is off, and the
+output is deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+from pipelines import definition, images
+from pipelines.definition import GATE, STEPS, AdapterError, Step
+
+# The SDK validates the role against IAM unless told not to; definition() must work offline.
+os.environ.setdefault("SAGEMAKER_VALIDATE_ROLE", "false")
+
+EVALUATION_DIR = "/opt/ml/processing/evaluation"
+EVALUATION_FILE = "evaluation.json"
+# SageMaker scrapes these from the training job's log; pipelines/sagemaker_entry.py prints them.
+METRIC_DEFINITIONS = (("HR", "HR=(.*?);"), ("NDCG", "NDCG=(.*?);"), ("Loss", "Loss=(.*?);"))
+_TELEMETRY_OFF = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
+
+
+@dataclasses.dataclass(frozen=True)
+class SageMakerSettings:
+    role_arn: str = "arn:aws:iam::000000000000:role/ncf-sagemaker-execution"
+    region: str = "us-east-1"
+    pipeline_name: str = definition.PIPELINE_NAME
+    model_package_group: str = "NCF"
+    endpoint_name: str = "ncf"
+    processing_instance_type: str = "ml.m5.xlarge"
+    training_instance_type: str = "ml.g5.xlarge"
+    endpoint_instance_type: str = "ml.m5.large"
+    max_runtime_s: int = 6 * 3600
+    retries: int = 2
+
+
+@dataclasses.dataclass
+class _Context:
+    settings: SageMakerSettings
+    session: Any
+    params: dict[str, Any]  # parameter name -> SageMaker Parameter
+    steps: dict[str, Any] = dataclasses.field(default_factory=dict)  # declared step -> its last SDK step
+    property_files: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _session(settings: SageMakerSettings):
+    import boto3
+    from sagemaker.core.workflow.pipeline_context import PipelineSession
+
+    return PipelineSession(boto_session=boto3.Session(region_name=settings.region), sagemaker_config=_TELEMETRY_OFF)
+
+
+def _parameter(p: definition.Parameter, default: Any):
+    from sagemaker.core.workflow.parameters import (
+        ParameterBoolean,
+        ParameterFloat,
+        ParameterInteger,
+        ParameterString,
+    )
+
+    cls = {str: ParameterString, int: ParameterInteger, float: ParameterFloat, bool: ParameterBoolean}[p.type]
+    if default is dataclasses.MISSING:
+        return cls(name=p.name)
+    return cls(name=p.name, default_value=p.type(default))
+
+
+def _as_string(var: Any) -> Any:
+    """Container arguments and hyperparameters are strings; non-string parameters are rendered at run time."""
+    return var if var.parameter_type.python_type is str else var.to_string()
+
+
+def _flags(ctx: _Context, step: Step) -> list[Any]:
+    """`--name <parameter>` for each of the step's user-facing parameters."""
+    out: list[Any] = []
+    for name in definition.step_parameters(step):
+        out += ["--" + name.replace("_", "-"), _as_string(ctx.params[name])]
+    return out
+
+
+def _join(*values: Any):
+    from sagemaker.core.workflow.functions import Join
+
+    return Join(on="", values=list(values))
+
+
+def _partition_uri(ctx: _Context):
+    return _join(ctx.params["storage_root"], "/data/dt=", ctx.params["run_date"])
+
+
+def _model_uri(ctx: _Context):
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+
+    return _join(ctx.params["storage_root"], "/models/", ctx.params["run_date"], "-",
+                 ExecutionVariables.PIPELINE_EXECUTION_ID)
+
+
+def _retry_policies(ctx: _Context, job: bool):
+    from sagemaker.mlops.workflow.retry import (
+        SageMakerJobExceptionTypeEnum,
+        SageMakerJobStepRetryPolicy,
+        StepExceptionTypeEnum,
+        StepRetryPolicy,
+    )
+
+    if not ctx.settings.retries:
+        return []
+    policies = [
+        StepRetryPolicy(
+            exception_types=[StepExceptionTypeEnum.SERVICE_FAULT, StepExceptionTypeEnum.THROTTLING],
+            interval_seconds=60, backoff_rate=2.0, max_attempts=ctx.settings.retries,
+        )
+    ]
+    if job:
+        policies.append(
+            SageMakerJobStepRetryPolicy(
+                exception_types=[SageMakerJobExceptionTypeEnum.INTERNAL_ERROR,
+                                 SageMakerJobExceptionTypeEnum.CAPACITY_ERROR],
+                interval_seconds=60, backoff_rate=2.0, max_attempts=ctx.settings.retries,
+            )
+        )
+    return policies
+
+
+def _processor(ctx: _Context, step: str):
+    from sagemaker.core.processing import Processor
+
+    return Processor(
+        role=ctx.settings.role_arn,
+        image_uri=images.PIPELINE_IMAGE,
+        instance_count=1,
+        instance_type=ctx.settings.processing_instance_type,
+        entrypoint=["python", "-m", "pipelines.sagemaker_entry", step],
+        max_runtime_in_seconds=ctx.settings.max_runtime_s,
+        base_job_name=f"ncf-{step}",
+        sagemaker_session=ctx.session,
+    )
+
+
+def _build_preprocess(ctx: _Context, step: Step) -> list:
+    from sagemaker.mlops.workflow import CacheConfig, ProcessingStep
+
+    step_args = _processor(ctx, "preprocess").run(arguments=_flags(ctx, step))
+    return [
+        ProcessingStep(
+            name="preprocess", step_args=step_args, retry_policies=_retry_policies(ctx, job=True),
+            cache_config=CacheConfig(enable_caching=True, expire_after="P30D"),
+        )
+    ]
+
+
+def _build_train(ctx: _Context, step: Step) -> list:
+    from sagemaker.core.shapes import MetricDefinition, OutputDataConfig, StoppingCondition
+    from sagemaker.mlops.workflow import TrainingStep
+    from sagemaker.train.configs import Compute, InputData
+    from sagemaker.train.model_trainer import ModelTrainer
+
+    # Hyperparameters: the step's user-facing parameters plus the wiring; the trainer reads the partition
+    # itself (FastFile channels: lineage in SageMaker, nothing copied up front).
+    hyperparameters = {name: _as_string(ctx.params[name]) for name in definition.step_parameters(step)}
+    hyperparameters.update(partition_uri=_partition_uri(ctx), output_uri=_model_uri(ctx))
+    trainer = ModelTrainer(
+        training_image=images.TRAIN_IMAGE,
+        role=ctx.settings.role_arn,
+        sagemaker_session=ctx.session,
+        base_job_name="ncf-train",
+        compute=Compute(instance_type=ctx.settings.training_instance_type, instance_count=1),
+        stopping_condition=StoppingCondition(max_runtime_in_seconds=ctx.settings.max_runtime_s),
+        output_data_config=OutputDataConfig(s3_output_path=_join(ctx.params["storage_root"], "/sagemaker/train")),
+        hyperparameters=hyperparameters,
+        training_input_mode="FastFile",
+    ).with_metric_definitions([MetricDefinition(name=n, regex=r) for n, r in METRIC_DEFINITIONS])
+    step_args = trainer.train(
+        input_data_config=[
+            InputData(channel_name="train", data_source=_join(_partition_uri(ctx), "/train")),
+            InputData(channel_name="test", data_source=_join(_partition_uri(ctx), "/test")),
+        ]
+    )
+    return [TrainingStep(name="train", step_args=step_args, retry_policies=_retry_policies(ctx, job=True))]
+
+
+def _build_gate(ctx: _Context, step: Step) -> list:
+    from sagemaker.core.shapes import ProcessingOutput, ProcessingS3Output
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+    from sagemaker.core.workflow.properties import PropertyFile
+    from sagemaker.mlops.workflow import ProcessingStep
+
+    evaluation = ProcessingOutput(
+        output_name="evaluation",
+        s3_output=ProcessingS3Output(
+            s3_uri=_join(ctx.params["storage_root"], "/reports/dt=", ctx.params["run_date"], "/",
+                         ExecutionVariables.PIPELINE_EXECUTION_ID),
+            local_path=EVALUATION_DIR,
+            s3_upload_mode="EndOfJob",
+        ),
+    )
+    arguments = _flags(ctx, step) + [
+        "--model-uri", _model_uri(ctx),
+        "--partition-uri", _partition_uri(ctx),
+        "--run-date", ctx.params["run_date"],
+        "--pipeline-run-id", ExecutionVariables.PIPELINE_EXECUTION_ID,
+        "--evaluation-dir", EVALUATION_DIR,
+    ]
+    step_args = _processor(ctx, "gate").run(outputs=[evaluation], arguments=arguments)
+    report = PropertyFile(name="GateEvaluation", output_name="evaluation", path=EVALUATION_FILE)
+    ctx.property_files["gate"] = report
+    # Not cached and not retried: the gate registers a version and may move the champion alias.
+    return [ProcessingStep(name="gate", step_args=step_args, property_files=[report])]
+
+
+def _build_deploy(ctx: _Context, step: Step) -> list:
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+    from sagemaker.mlops.workflow import EndpointConfigStep, EndpointStep, ModelStep
+    from sagemaker.serve.model_builder import ModelBuilder
+
+    model_data = ctx.steps["train"].properties.ModelArtifacts.S3ModelArtifacts
+
+    def builder() -> ModelBuilder:
+        # dependencies={} : nothing to package; otherwise the SDK uploads code to a default bucket.
+        return ModelBuilder(
+            image_uri=images.SERVING_IMAGE,
+            s3_model_data_url=model_data,
+            role_arn=ctx.settings.role_arn,
+            sagemaker_session=ctx.session,
+            instance_type=ctx.settings.endpoint_instance_type,
+            dependencies={},
+            env_vars={"MODEL_NAME": ctx.params["model_name"]},
+        )
+
+    register = ModelStep(
+        name="deploy-register",
+        step_args=builder().register(
+            model_package_group_name=ctx.settings.model_package_group,
+            content_types=["application/json"],
+            response_types=["application/json"],
+            inference_instances=[ctx.settings.endpoint_instance_type],
+            approval_status="Approved",  # the gate is the approval
+            customer_metadata_properties={
+                "run_date": ctx.params["run_date"],
+                "model_name": ctx.params["model_name"],
+            },
+        ),
+    )
+    model = ModelStep(name="deploy-model", step_args=builder().build(), depends_on=[register])
+    config = EndpointConfigStep(
+        name="deploy-endpoint-config",
+        step_args=ctx.session.create_endpoint_config(
+            name=_join(ctx.settings.endpoint_name, "-", ExecutionVariables.PIPELINE_EXECUTION_ID),
+            production_variants=[
+                {
+                    "VariantName": "AllTraffic",
+                    "ModelName": model.properties.ModelName,
+                    "InitialInstanceCount": 1,
+                    "InstanceType": ctx.settings.endpoint_instance_type,
+                }
+            ],
+        ),
+    )
+    endpoint = EndpointStep(
+        name="deploy",
+        step_args=ctx.session.create_endpoint(
+            endpoint_name=ctx.settings.endpoint_name, config_name=config.properties.EndpointConfigName
+        ),
+    )
+    return [register, model, config, endpoint]
+
+
+# (context, declared step) -> the SageMaker steps that implement it; the last one stands for the step
+Builder = Callable[[_Context, Step], list]
+
+# How this backend builds each declared step (the last SDK step of each list stands for the declared step).
+BUILDERS: dict[str, Builder] = {
+    "preprocess": _build_preprocess,
+    "train": _build_train,
+    "gate": _build_gate,
+    "deploy": _build_deploy,
+}
+
+
+def _gate_branch(ctx: _Context, guarded: list) -> Any:
+    from sagemaker.core.workflow.conditions import ConditionEquals
+    from sagemaker.core.workflow.functions import Join, JsonGet
+    from sagemaker.mlops.workflow import ConditionStep, FailStep
+
+    report = ctx.property_files.get(GATE.step)
+    if report is None:
+        raise AdapterError(f"the sagemaker adapter's {GATE.step!r} builder must register an evaluation PropertyFile")
+    gate_step = ctx.steps[GATE.step]
+
+    def field(path: str) -> Any:
+        return JsonGet(step_name=gate_step.name, property_file=report, json_path=path)
+
+    rejected = FailStep(
+        name=f"{GATE.step}-rejected",
+        error_message=Join(on="", values=["the gate kept the champion: ", field("reason")]),
+    )
+    return ConditionStep(
+        name=f"{GATE.step}-{GATE.output}",
+        conditions=[ConditionEquals(left=field(GATE.output), right=GATE.equals)],
+        if_steps=guarded,
+        else_steps=[rejected],
+    )
+
+
+def build_pipeline(
+    settings: SageMakerSettings = SageMakerSettings(),
+    steps: tuple[Step, ...] = STEPS,
+    builders: dict[str, Builder] | None = None,
+    overrides: dict[str, Any] | None = None,
+):
+    """The SageMaker Pipeline object (call `.definition()`, `.upsert()`, `.start()` on it)."""
+    # SDK 3.27 builds a boto3 client while importing sagemaker.serve: without a region that import fails.
+    os.environ.setdefault("AWS_DEFAULT_REGION", settings.region)
+    from sagemaker.mlops.workflow import Pipeline
+
+    builders = BUILDERS if builders is None else builders
+    definition.check_adapter("sagemaker", builders, steps)
+    overrides = overrides or {}
+    declared = definition.parameters(steps)
+    unknown = sorted(set(overrides) - {p.name for p in declared})
+    if unknown:
+        raise AdapterError(f"unknown pipeline parameter(s) {unknown}; known: {[p.name for p in declared]}")
+    root = overrides.get("storage_root", next((p.default for p in declared if p.name == "storage_root"), ""))
+    if not str(root).startswith("s3://"):
+        raise AdapterError(
+            f"storage_root must be an s3:// URI for SageMaker (got {root!r}); set it in the parameters file "
+            f"(config/pipeline-params.yaml) or with --param storage_root=s3://bucket/prefix"
+        )
+    ctx = _Context(
+        settings=settings,
+        session=_session(settings),
+        params={p.name: _parameter(p, overrides.get(p.name, p.default)) for p in declared},
+    )
+    top_level: list = []
+    guarded: list = []
+    by_name = {s.name: s for s in steps}
+    for name in definition.dependency_order(steps):
+        built = builders[name](ctx, by_name[name])
+        for upstream in by_name[name].after:
+            if not (name in GATE.guarded and upstream == GATE.step):  # the condition step orders those
+                built[0].add_depends_on([ctx.steps[upstream]])
+        ctx.steps[name] = built[-1]
+        (guarded if name in GATE.guarded else top_level).extend(built)
+    top_level.append(_gate_branch(ctx, guarded))
+    return Pipeline(
+        name=settings.pipeline_name,
+        parameters=list(ctx.params.values()),
+        steps=top_level,
+        sagemaker_session=ctx.session,
+    )
+
+
+def definition_json(settings: SageMakerSettings = SageMakerSettings(), **kwargs) -> str:
+    """The pipeline definition JSON, canonical (sorted keys) so the same input gives byte-identical output."""
+    import json
+
+    return json.dumps(json.loads(build_pipeline(settings, **kwargs).definition()), indent=2, sort_keys=True) + "\n"

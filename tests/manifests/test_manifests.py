@@ -1,0 +1,338 @@
+"""manifests/: every kustomization builds with `kubectl kustomize`, every object validates (core kinds against
+Kubernetes' schemas, custom resources against their CRDs), and the wiring between objects holds: references
+resolve, RBAC is least-privilege, secrets are referenced but never rendered, workloads are non-root with
+resources and probes, and the jobs' command lines parse with the steps' own CLIs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+from tests.manifests.validation import (
+    MANIFESTS,
+    SCHEMAS_DIR,
+    ManifestError,
+    build,
+    crd_kinds_known,
+    describe,
+    is_custom_resource,
+    kubectl,
+    kustomization_dirs,
+    validate,
+)
+
+pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl (with built-in kustomize) is not on PATH")
+
+DIRS = kustomization_dirs()
+OVERLAYS = {"local": MANIFESTS / "overlays" / "local", "aws": MANIFESTS / "overlays" / "aws"}
+JOBS = [d for d in DIRS if d.parent.name == "jobs"]
+EXAMPLE_SECRETS = MANIFESTS / "secrets" / "example-secrets.yaml"
+PLACEHOLDER = "REPLACE_ME"
+IRSA = "eks.amazonaws.com/role-arn"
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(MANIFESTS))
+
+
+def _by_kind(objects, kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def _pod_specs(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Pod specs of the workload kinds that carry one."""
+    if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
+        yield obj["spec"]["template"]["spec"]
+
+
+def _containers(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for spec in _pod_specs(obj):
+        yield from spec.get("initContainers", [])
+        yield from spec.get("containers", [])
+    if obj["kind"] == "ServingRuntime":
+        yield from obj["spec"]["containers"]
+
+
+def _walk(node: Any, key: str) -> Iterator[Any]:
+    """Every value stored under `key` anywhere in a nested document."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == key:
+                yield v
+            yield from _walk(v, key)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item, key)
+
+
+def test_every_expected_kustomization_exists():
+    names = {_rel(d) for d in DIRS}
+    assert {"base", "overlays/local", "overlays/aws", "jobs/preprocess-spark", "jobs/train-ddp"} <= names
+
+
+@pytest.mark.parametrize("directory", DIRS, ids=_rel)
+def test_kustomization_builds_and_every_object_validates(directory):
+    objects = build(directory)
+    assert objects, f"{_rel(directory)} renders nothing"
+    problems, unchecked = [], []
+    for obj in objects:
+        if is_custom_resource(obj) and not crd_kinds_known():
+            unchecked.append(describe(obj))
+            continue
+        try:
+            validate(obj)
+        except ManifestError as exc:
+            problems.append(str(exc))
+    assert not problems, "\n".join(problems)
+    if unchecked:
+        pytest.skip(f"core kinds valid; CRD schemas not found at {SCHEMAS_DIR}, so not validated: {unchecked}")
+
+
+def test_validation_rejects_what_the_api_server_would():
+    """The validators are not vacuous: a misspelt field in a core kind and in a custom resource both fail."""
+    objects = build(OVERLAYS["aws"])
+    deployment = yaml.safe_load(yaml.safe_dump(_by_kind(objects, "Deployment")["mlflow"]))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {}
+    with pytest.raises(ManifestError, match="readinessProbes"):
+        validate(deployment)
+    if not crd_kinds_known():
+        pytest.skip(f"CRD schemas not found at {SCHEMAS_DIR}")
+    isvc = yaml.safe_load(yaml.safe_dump(_by_kind(objects, "InferenceService")["ncf-recommender"]))
+    isvc["spec"]["predictor"]["minReplica"] = 1
+    with pytest.raises(ManifestError, match="minReplica"):
+        validate(isvc)
+
+
+# ---- secrets -------------------------------------------------------------------------------------------------
+def _example_secrets() -> dict[str, dict[str, Any]]:
+    return {s["metadata"]["name"]: s for s in yaml.safe_load_all(EXAMPLE_SECRETS.read_text()) if s}
+
+
+def test_no_secret_is_rendered_by_any_kustomization():
+    for directory in DIRS:
+        secrets = [describe(o) for o in build(directory) if o["kind"] == "Secret"]
+        assert not secrets, f"{_rel(directory)} renders {secrets}: secrets are created in the cluster, never committed"
+
+
+def test_example_secrets_hold_placeholders_only():
+    secrets = _example_secrets()
+    assert secrets
+    for name, secret in secrets.items():
+        validate(secret)
+        assert "data" not in secret, f"{name}: use stringData with placeholders"
+        assert secret["stringData"], name
+        for key, value in secret["stringData"].items():
+            assert value == PLACEHOLDER, f"{EXAMPLE_SECRETS.name}: {name}.{key} is {value!r}, not {PLACEHOLDER}"
+
+
+def _secret_references(objects) -> Iterator[tuple[str, str, str | None, bool]]:
+    """(where, secret name, key or None, optional) for every reference to a Secret."""
+    for obj in objects:
+        for ref in _walk(obj, "secretKeyRef"):
+            yield describe(obj), ref["name"], ref["key"], bool(ref.get("optional"))
+        for ref in _walk(obj, "secretRef"):
+            yield describe(obj), ref["name"], None, bool(ref.get("optional"))
+        if obj["kind"] == "ServiceAccount":
+            for ref in obj.get("secrets", []):
+                yield describe(obj), ref["name"], None, False
+
+
+def test_every_referenced_secret_and_key_is_described_by_the_example():
+    secrets = _example_secrets()
+    seen = set()
+    for directory in DIRS:
+        for where, name, key, _ in _secret_references(build(directory)):
+            seen.add(name)
+            assert name in secrets, f"{_rel(directory)}: {where} uses Secret {name!r}, missing from {EXAMPLE_SECRETS.name}"
+            if key is not None:
+                assert key in secrets[name]["stringData"], f"{_rel(directory)}: {where} uses {name}.{key}, not in the example"
+    assert seen == set(secrets), f"example secrets nobody uses: {sorted(set(secrets) - seen)}"
+
+
+# ---- config maps ---------------------------------------------------------------------------------------------
+def _configmap_references(objects) -> Iterator[tuple[str, str, str | None, bool]]:
+    for obj in objects:
+        for ref in _walk(obj, "configMapKeyRef"):
+            yield describe(obj), ref["name"], ref["key"], bool(ref.get("optional"))
+        for ref in _walk(obj, "configMapRef"):
+            yield describe(obj), ref["name"], None, bool(ref.get("optional"))
+
+
+@pytest.mark.parametrize("directory", [*OVERLAYS.values(), *JOBS], ids=_rel)
+def test_configmap_references_resolve(directory):
+    """Overlays must define what they use; the jobs run next to either overlay, so both must define it."""
+    providers = [build(directory)] if directory in OVERLAYS.values() else [build(d) for d in OVERLAYS.values()]
+    references = list(_configmap_references(build(directory)))
+    assert references or directory.name == "base"
+    for objects in providers:
+        maps = _by_kind(objects, "ConfigMap")
+        for where, name, key, optional in references:
+            if optional:
+                continue
+            assert name in maps, f"{_rel(directory)}: {where} uses ConfigMap {name!r}, which is not defined"
+            if key is not None:
+                assert key in maps[name]["data"], f"{_rel(directory)}: {where} uses {name}.{key}, which is not defined"
+
+
+# ---- RBAC ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pipeline_may_get_create_patch_inferenceservices_and_nothing_else(overlay):
+    objects = build(OVERLAYS[overlay])
+    roles = _by_kind(objects, "Role")
+    assert not [describe(o) for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    for role in roles.values():
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], f"{describe(role)}: wildcard in {field}"
+    deployer = [r for r in roles.values() if any("inferenceservices" in rule["resources"] for rule in r["rules"])]
+    assert len(deployer) == 1
+    assert deployer[0]["rules"] == [
+        {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": ["get", "create", "patch"]}
+    ]
+    bindings = [b for b in _by_kind(objects, "RoleBinding").values() if b["roleRef"]["name"] == deployer[0]["metadata"]["name"]]
+    assert len(bindings) == 1
+    assert bindings[0]["roleRef"]["kind"] == "Role"  # namespaced: only the InferenceServices in this namespace
+    assert [s["kind"] for s in bindings[0]["subjects"]] == ["ServiceAccount"]
+    # Nothing else is granted to the pipeline's account.
+    subject = (bindings[0]["subjects"][0]["namespace"], bindings[0]["subjects"][0]["name"])
+    other = [
+        describe(b) for b in _by_kind(objects, "RoleBinding").values()
+        if b is not bindings[0] and any((s.get("namespace"), s["name"]) == subject for s in b["subjects"])
+    ]
+    assert not other, f"the pipeline's service account is also bound by {other}"
+
+
+# ---- workloads -----------------------------------------------------------------------------------------------
+def _non_root(pod_spec: dict[str, Any], container: dict[str, Any]) -> bool:
+    pod = pod_spec.get("securityContext", {}) if pod_spec else {}
+    own = container.get("securityContext", {})
+    return bool(own.get("runAsNonRoot", pod.get("runAsNonRoot"))) and own.get("runAsUser", pod.get("runAsUser", 1)) != 0
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workloads_are_non_root_with_resources_and_probes(overlay):
+    for obj in build(OVERLAYS[overlay]):
+        pod_spec = next(_pod_specs(obj), None)
+        for container in _containers(obj):
+            where = f"{overlay}: {describe(obj)} container {container['name']}"
+            assert _non_root(pod_spec, container), f"{where}: not runAsNonRoot"
+            assert container.get("securityContext", {}).get("allowPrivilegeEscalation") is False, where
+            resources = container.get("resources", {})
+            assert resources.get("requests", {}).get("memory") and resources.get("requests", {}).get("cpu"), where
+            assert resources.get("limits", {}).get("memory"), f"{where}: no memory limit"
+        if obj["kind"] in ("Deployment", "StatefulSet"):
+            for container in pod_spec["containers"]:
+                assert "readinessProbe" in container and "livenessProbe" in container, f"{describe(obj)}: probes"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_inferenceservice_is_wired_to_runtime_account_and_storage(overlay):
+    objects = build(OVERLAYS[overlay])
+    isvc = _by_kind(objects, "InferenceService")["ncf-recommender"]
+    predictor = isvc["spec"]["predictor"]
+    runtime = _by_kind(objects, "ServingRuntime")[predictor["model"]["runtime"]]
+    formats = {(f["name"], f.get("version")) for f in runtime["spec"]["supportedModelFormats"]}
+    model_format = predictor["model"]["modelFormat"]
+    assert (model_format["name"], model_format.get("version")) in formats
+    assert predictor["serviceAccountName"] in _by_kind(objects, "ServiceAccount")
+    assert predictor["model"]["storageUri"].startswith("s3://")
+    assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
+    assert predictor["model"]["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{isvc['metadata']['name']}"
+    args = runtime["spec"]["containers"][0]["args"]
+    assert "--model_name={{.Name}}" in args and "--model_dir=/mnt/models" in args
+    # The CI deploy job keeps the live model: it rewrites the one storageUri line of the rendered overlay.
+    rendered = yaml.safe_dump_all(objects)
+    assert len(re.findall(r"^\s*storageUri:", rendered, flags=re.M)) == 1
+
+
+def test_aws_overlay_adds_canary_irsa_and_external_database():
+    aws, local = build(OVERLAYS["aws"]), build(OVERLAYS["local"])
+    canary = _by_kind(aws, "InferenceService")["ncf-recommender"]["spec"]["predictor"].get("canaryTrafficPercent")
+    assert canary is not None and 0 < canary < 100
+    assert "canaryTrafficPercent" not in _by_kind(local, "InferenceService")["ncf-recommender"]["spec"]["predictor"]
+    for name, account in _by_kind(aws, "ServiceAccount").items():
+        assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@-]+", account["metadata"]["annotations"][IRSA]), name
+    assert not [n for n, a in _by_kind(local, "ServiceAccount").items() if IRSA in a["metadata"].get("annotations", {})]
+    db = next(m for n, m in _by_kind(aws, "ConfigMap").items() if n.startswith("mlflow-db-connection"))["data"]
+    assert db["host"] != "mlflow-postgres" and "sslmode=require" in db["uri-query"]
+    assert "mlflow-postgres" not in _by_kind(aws, "StatefulSet")
+    assert "mlflow-postgres" in _by_kind(local, "StatefulSet")
+    storage = _by_kind(aws, "ConfigMap")["ncf-storage"]["data"]
+    assert "AWS_ENDPOINT_URL" not in storage  # real S3 on AWS; MinIO's endpoint only in local
+    assert _by_kind(local, "ConfigMap")["ncf-storage"]["data"]["AWS_ENDPOINT_URL"].startswith("http://minio.")
+
+
+def test_images_are_the_projects_own_at_its_version_or_pinned():
+    from pipelines import images
+
+    own = {images.DEFAULT_REGISTRY + "/" + name: name for name in images.NAMES}
+    version = images.project_version()
+    for directory in DIRS:
+        for obj in build(directory):
+            for ref in _walk(obj, "image"):
+                repository, _, tag = ref.rpartition(":")
+                assert repository and tag and "/" not in tag, f"{_rel(directory)}: {describe(obj)}: image {ref!r} has no tag"
+                if repository in own:
+                    assert tag == version, f"{describe(obj)}: {ref} is not the project's version {version}"
+                else:
+                    assert tag != "latest" and re.search(r"\d", tag), f"{describe(obj)}: {ref} is not pinned"
+
+
+# ---- jobs: the command lines are the steps' own CLIs ---------------------------------------------------------
+def _step_parser(module_name: str, config_name: str) -> argparse.ArgumentParser:
+    from ncf.config import add_arguments
+
+    if importlib.util.find_spec(module_name) is None:
+        pytest.skip(f"{module_name} does not exist yet")
+    module = importlib.import_module(module_name)
+    config = getattr(module, config_name)
+    assert dataclasses.is_dataclass(config)
+    parser = argparse.ArgumentParser(prog=module_name, exit_on_error=False)
+    add_arguments(parser, config)
+    return parser
+
+
+def _parse(parser: argparse.ArgumentParser, args: list[str]) -> argparse.Namespace:
+    try:
+        return parser.parse_args(args)
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise AssertionError(f"{parser.prog} rejects {args}: {exc}") from None
+
+
+def _image_path_to_repo(uri: str) -> Path:
+    # The pipeline image copies the repository to /opt/ncf (docker/pipeline.Dockerfile).
+    assert uri.startswith("local:///opt/ncf/"), uri
+    return REPO_ROOT / uri.removeprefix("local:///opt/ncf/")
+
+
+def test_spark_application_runs_the_preprocess_step():
+    app = _by_kind(build(MANIFESTS / "jobs" / "preprocess-spark"), "SparkApplication")["ncf-preprocess"]["spec"]
+    assert _image_path_to_repo(app["mainApplicationFile"]) == REPO_ROOT / "spark" / "preprocess.py"
+    assert (REPO_ROOT / "spark" / "preprocess.py").exists()
+    args = _parse(_step_parser("spark.preprocess", "PreprocessConfig"), app["arguments"])
+    assert args.input_uri.startswith("s3a://"), "large inputs are read by Spark directly (S3A)"
+    assert args.storage_root.startswith("s3://") and args.scratch_dir.startswith("s3a://")
+    assert app["driver"]["serviceAccount"] == "ncf-spark"
+    assert "ncf-spark" in _by_kind(build(OVERLAYS["aws"]), "ServiceAccount")
+
+
+def test_trainjob_runs_the_trainer_under_torchrun_on_gpu_nodes():
+    job = _by_kind(build(MANIFESTS / "jobs" / "train-ddp"), "TrainJob")["ncf-train-ddp"]["spec"]
+    assert job["runtimeRef"]["name"] == "torch-distributed"
+    trainer = job["trainer"]
+    assert trainer["command"] == ["torchrun", "-m", "ncf.train"]
+    assert trainer["numNodes"] >= 2 and trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"]
+    args = _parse(_step_parser("ncf.train", "TrainConfig"), trainer["args"])
+    assert args.device == "cuda"
+    pod = job["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]
+    assert pod["spec"]["template"]["spec"]["serviceAccountName"] == "ncf-trainer"

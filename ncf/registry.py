@@ -193,7 +193,7 @@ def register_package(package_uri: str, *, tracking_uri: str, model_name: str = D
     except mlflow.exceptions.MlflowException:
         mlflow_client.create_registered_model(model_name, description="NCF top-K recommender (model packages)")
     version = mlflow_client.create_model_version(model_name, source=info.model_uri, run_id=run.info.run_id,
-                                                 tags=tags or {})
+                                                 tags=tags or {}, model_id=info.model_id)
     return RegisteredVersion(model_name, str(version.version), run.info.run_id,
                              f"models:/{model_name}/{version.version}")
 

@@ -1,0 +1,110 @@
+"""Registry round trips on real stores: embedded sqlite, and `mlflow server` on PostgreSQL with S3 (moto) artifacts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ncf import gate, registry
+from ncf.errors import UserError
+from tests.mlflow_fixtures import (  # noqa: F401  (fixtures)
+    make_package,
+    mlflow_server,
+    oracle_model,
+    postgres_url,
+    s3_env,
+    tiny_partition,
+    write_partition,
+)
+
+
+def _load_pyfunc(tracking_uri: str, uri: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return mlflow.pyfunc.load_model(uri)
+
+
+def test_sqlite_round_trip(tmp_path):
+    from ncf.package import load_package
+    from serving.recommender import Recommender
+
+    partition = tiny_partition(uri=str(tmp_path / "data" / "dt=2026-11-27"))
+    package_uri = make_package(str(tmp_path / "models" / "run-1"), partition, oracle_model(partition, 0.5))
+    tracking_uri = registry.default_tracking_uri(tmp_path)
+    version = registry.register_package(package_uri, tracking_uri=tracking_uri, tags={"pipeline_run_id": "r1"},
+                                        metrics={"ndcg@10": 0.5})
+    registry.set_alias(tracking_uri, "ncf", registry.CHAMPION, version.version)
+
+    # The embedded store keeps artifacts beside the database, not in ./mlruns.
+    artifact_uri = registry.package_artifact_uri(tracking_uri, "ncf", version.version)
+    assert artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+    assert registry.resolve_version(tracking_uri, "models:/ncf@champion") == version.version
+    mv = registry.client(tracking_uri).get_model_version("ncf", version.version)
+    assert mv.tags["pipeline_run_id"] == "r1"
+
+    model = _load_pyfunc(tracking_uri, "models:/ncf@champion")
+    sig = model.metadata.signature
+    assert sig.inputs.input_names() == ["user_id", "k"]
+    assert sig.outputs.input_names() == ["user_id", "item_ids", "scores", "fallback"]
+    out = model.predict(pd.DataFrame({"user_id": ["u1", "u2", "stranger"], "k": [5, 3, 2]}))
+    expected = Recommender(load_package(package_uri)).recommend(
+        [Recommender(load_package(package_uri)).query("u1", 5)])[0]
+    assert out.loc[0, "item_ids"] == expected.item_ids
+    assert len(out.loc[1, "item_ids"]) == 3 and not out.loc[1, "fallback"]
+    assert out.loc[2, "fallback"] and len(out.loc[2, "item_ids"]) == 2
+    import mlflow
+
+    model_dir = registry.client(tracking_uri).get_model_version_download_uri("ncf", version.version)
+    requirements = mlflow.artifacts.load_text(f"{model_dir}/requirements.txt").split()
+    assert sorted(requirements) == sorted(registry.pip_requirements())
+    local = registry.download_package(tracking_uri, "ncf", version.version, tmp_path / "dl")
+    reloaded = load_package(local)
+    original = load_package(package_uri)
+    for key, value in original.model.state_dict().items():
+        assert np.array_equal(value.numpy(), reloaded.model.state_dict()[key].numpy())
+
+
+def test_pinned_requirements_and_bad_uris(tmp_path):
+    pins = registry.pip_requirements()
+    assert all("==" in p for p in pins) and any(p.startswith("torch==") for p in pins)
+    with pytest.raises(UserError, match="expected models:/"):
+        registry.parse_model_uri("models:/ncf")
+    with pytest.raises(UserError, match="alias 'champion'"):
+        registry.resolve_version(registry.default_tracking_uri(tmp_path), "models:/ncf@champion")
+    with pytest.raises(UserError, match="needs an explicit --tracking-uri"):
+        registry.default_tracking_uri("s3://bucket/root")
+
+
+@pytest.mark.slow
+def test_server_postgres_s3_register_gate_load(mlflow_server, moto_server, s3_bucket, monkeypatch):  # noqa: F811
+    """Through `mlflow server` (PostgreSQL + S3): gate two models, load the champion back, read its S3 package."""
+    from ncf import storage
+    from ncf.package import load_package
+
+    for key, value in s3_env(moto_server).items():
+        monkeypatch.setenv(key, value)
+    tracking_uri, _ = mlflow_server
+    root = f"s3://{s3_bucket}/ncf"
+    partition = tiny_partition(uri=storage.partition_uri(root, "2026-11-27"))
+    write_partition(partition, partition.uri)
+    first = make_package(f"{root}/models/run-1", partition, oracle_model(partition, 2.0))
+    second = make_package(f"{root}/models/run-2", partition, oracle_model(partition, 0.3, seed=1))
+
+    results = [gate.run(gate.GateConfig(model_uri=uri, partition_uri=partition.uri, tracking_uri=tracking_uri,
+                                        model_name="ncf-pg", git_commit="abc123"))
+               for uri in (first, second)]
+    assert [r.promoted for r in results] == [True, True]
+    assert results[1].champion_version == results[0].version
+    assert storage.read_json(f"{results[1].report_uri}/gate.json")["promoted"] is True
+
+    champion = registry.alias_version(tracking_uri, "ncf-pg", registry.CHAMPION)
+    assert str(champion.version) == results[1].version and champion.tags["git_commit"] == "abc123"
+    # What a KServe storage initializer would download: the package under the S3 artifact root.
+    package_uri = registry.package_artifact_uri(tracking_uri, "ncf-pg", str(champion.version))
+    assert package_uri.startswith(f"s3://{mlflow_server[1]}/")
+    assert load_package(package_uri).metrics == load_package(second).metrics
+    out = _load_pyfunc(tracking_uri, "models:/ncf-pg@champion").predict(pd.DataFrame({"user_id": ["u3"]}))
+    assert len(out.loc[0, "item_ids"]) == 10 and not out.loc[0, "fallback"]

@@ -336,3 +336,29 @@ def test_trainjob_runs_the_trainer_under_torchrun_on_gpu_nodes():
     assert args.device == "cuda"
     pod = job["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]
     assert pod["spec"]["template"]["spec"]["serviceAccountName"] == "ncf-trainer"
+
+
+# ---- the compiled KFP pipeline's pods: they run in KFP's namespace, next to the pipeline's service account ----
+def _pipeline_subject(objects) -> dict[str, str]:
+    (binding,) = [b for b in _by_kind(objects, "RoleBinding").values() if b["roleRef"]["name"] == "ncf-inferenceservice-deployer"]
+    return binding["subjects"][0]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pipeline_pods_find_the_storage_settings_the_compiled_pipeline_names(overlay):
+    from pipelines.kfp_pipeline import KubernetesSettings
+
+    settings = KubernetesSettings()
+    objects = build(OVERLAYS[overlay])
+    pipeline_namespace = _pipeline_subject(objects)["namespace"]
+    maps = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o["data"] for o in objects if o["kind"] == "ConfigMap"}
+    assert (pipeline_namespace, settings.storage_config_map) in maps, (
+        f"{overlay}: the pipeline reads ConfigMap {settings.storage_config_map!r} in {pipeline_namespace!r}; not defined"
+    )
+    for_pipeline, for_platform = maps[(pipeline_namespace, settings.storage_config_map)], maps[("ncf", "ncf-storage")]
+    assert "AWS_DEFAULT_REGION" in for_pipeline
+    for key in settings.storage_config_keys:
+        assert for_pipeline.get(key) == for_platform.get(key), f"{overlay}: {key} differs between the namespaces"
+    secret = _example_secrets().get(settings.aws_secret)
+    assert secret is not None, f"the pipeline reads Secret {settings.aws_secret!r}; {EXAMPLE_SECRETS.name} lacks it"
+    assert set(settings.aws_secret_keys) <= set(secret["stringData"])

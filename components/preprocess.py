@@ -18,14 +18,13 @@ def preprocess(input_uri: str, storage_root: str, run_date: str, partition: Outp
 
     config = PreprocessConfig(**{f.name: args[f.name] for f in pipeline_fields(PreprocessConfig)})
     result = run(config)
-    stats = dict(getattr(result, "stats", None) or {})
     partition.metadata.update(
         {
+            **{k: v for k, v in result.stats.items() if isinstance(v, (int, float, str))},
             "partition_uri": result.partition_uri,
             "storage_root": storage_root,
-            "run_date": run_date,
-            **{k: v for k, v in stats.items() if isinstance(v, (int, float, str))},
+            "run_date": result.stats["run_date"],  # resolved: an empty run_date means today (UTC)
         }
     )
     with open(partition.path, "w") as out:
-        json.dump({"partition_uri": result.partition_uri, "stats": stats}, out, indent=2, default=str)
+        json.dump({"partition_uri": result.partition_uri, "stats": result.stats}, out, indent=2, default=str)

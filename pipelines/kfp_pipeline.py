@@ -30,9 +30,12 @@ class KubernetesSettings:
     gpu_count: int = 1  # nvidia.com/gpu for the train task; 0 trains on CPU
     gpu_node_selector: tuple[tuple[str, str], ...] = (("nvidia.com/gpu.present", "true"),)
     gpu_tolerations: tuple[tuple[str, str], ...] = (("nvidia.com/gpu", "NoSchedule"),)  # (key, effect)
-    aws_secret: str = "ncf-aws-credentials"  # "" = pods get no AWS credentials from a Secret
+    # The names in manifests/: credentials from a Secret (optional: on EKS the IRSA role applies instead),
+    # region and endpoint (MinIO) from a ConfigMap. "" turns either off.
+    aws_secret: str = "ncf-s3-credentials"
     aws_secret_keys: tuple[str, ...] = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-    aws_optional_keys: tuple[str, ...] = ("AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")  # MinIO, region
+    storage_config_map: str = "ncf-storage"
+    storage_config_keys: tuple[str, ...] = ("AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
     retries: int = 2
     backoff: str = "60s"
     backoff_factor: float = 2.0
@@ -43,7 +46,7 @@ class KubernetesSettings:
         ("gate", 3600),
         ("deploy", 1200),
     )
-    caching: bool = True
+    caching: bool = True  # preprocess and train only: gate and deploy change the registry / serving
 
 
 # (declared step, all pipeline parameters, tasks built so far) -> this step's task
@@ -90,8 +93,12 @@ BUILDERS: dict[str, Builder] = {
 }
 
 
+# Side-effecting steps: a cache hit would skip registering a version or rolling out the champion.
+NEVER_CACHED = frozenset({"gate", "deploy"})
+
+
 def _apply_kubernetes(task: dsl.PipelineTask, step: str, settings: KubernetesSettings) -> None:
-    task.set_caching_options(settings.caching)
+    task.set_caching_options(settings.caching and step not in NEVER_CACHED)
     if settings.retries:
         task.set_retry(
             num_retries=settings.retries,
@@ -104,15 +111,18 @@ def _apply_kubernetes(task: dsl.PipelineTask, step: str, settings: KubernetesSet
         kubernetes.set_timeout(task, timeout)
     if settings.aws_secret:
         kubernetes.use_secret_as_env(
-            task, secret_name=settings.aws_secret, secret_key_to_env={k: k for k in settings.aws_secret_keys}
+            task,
+            secret_name=settings.aws_secret,
+            secret_key_to_env={k: k for k in settings.aws_secret_keys},
+            optional=True,
         )
-        if settings.aws_optional_keys:
-            kubernetes.use_secret_as_env(
-                task,
-                secret_name=settings.aws_secret,
-                secret_key_to_env={k: k for k in settings.aws_optional_keys},
-                optional=True,
-            )
+    if settings.storage_config_map:
+        kubernetes.use_config_map_as_env(
+            task,
+            config_map_name=settings.storage_config_map,
+            config_map_key_to_env={k: k for k in settings.storage_config_keys},
+            optional=True,
+        )
     if step == "train" and settings.gpu_count > 0:
         task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(settings.gpu_count)
         for key, value in settings.gpu_node_selector:

@@ -21,12 +21,13 @@ from typing import Any
 
 from pipelines import definition, images
 from pipelines.definition import GATE, STEPS, AdapterError, Step
+from pipelines.sagemaker_entry import EVALUATION_FILE, PARTITION_FILE
 
 # The SDK validates the role against IAM unless told not to; definition() must work offline.
 os.environ.setdefault("SAGEMAKER_VALIDATE_ROLE", "false")
 
+PARTITION_DIR = "/opt/ml/processing/partition"
 EVALUATION_DIR = "/opt/ml/processing/evaluation"
-EVALUATION_FILE = "evaluation.json"
 # SageMaker scrapes these from the training job's log; pipelines/sagemaker_entry.py prints them.
 METRIC_DEFINITIONS = (("HR", "HR=(.*?);"), ("NDCG", "NDCG=(.*?);"), ("Loss", "Loss=(.*?);"))
 _TELEMETRY_OFF = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
@@ -95,15 +96,33 @@ def _join(*values: Any):
     return Join(on="", values=list(values))
 
 
-def _partition_uri(ctx: _Context):
-    return _join(ctx.params["storage_root"], "/data/dt=", ctx.params["run_date"])
+def _from_preprocess(ctx: _Context, field: str):
+    """A field of the preprocess step's partition.json (the run date resolved, the partition's URI)."""
+    from sagemaker.core.workflow.functions import JsonGet
+
+    return JsonGet(step_name="preprocess", property_file=ctx.property_files["preprocess"], json_path=field)
 
 
 def _model_uri(ctx: _Context):
+    """`<storage_root>/models/<run id>`: the layout the gate derives the storage root from."""
     from sagemaker.core.workflow.execution_variables import ExecutionVariables
 
-    return _join(ctx.params["storage_root"], "/models/", ctx.params["run_date"], "-",
-                 ExecutionVariables.PIPELINE_EXECUTION_ID)
+    return _join(ctx.params["storage_root"], "/models/", ExecutionVariables.PIPELINE_EXECUTION_ID)
+
+
+def _output(ctx: _Context, name: str, local_path: str, prefix: str):
+    """A processing output under `<storage_root><prefix><execution id>` (explicit: no default bucket)."""
+    from sagemaker.core.shapes import ProcessingOutput, ProcessingS3Output
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+
+    return ProcessingOutput(
+        output_name=name,
+        s3_output=ProcessingS3Output(
+            s3_uri=_join(ctx.params["storage_root"], prefix, ExecutionVariables.PIPELINE_EXECUTION_ID),
+            local_path=local_path,
+            s3_upload_mode="EndOfJob",
+        ),
+    )
 
 
 def _retry_policies(ctx: _Context, job: bool):
@@ -149,12 +168,19 @@ def _processor(ctx: _Context, step: str):
 
 
 def _build_preprocess(ctx: _Context, step: Step) -> list:
+    from sagemaker.core.workflow.properties import PropertyFile
     from sagemaker.mlops.workflow import CacheConfig, ProcessingStep
 
-    step_args = _processor(ctx, "preprocess").run(arguments=_flags(ctx, step))
+    # The partition itself goes to storage_root through ncf.storage; this output is only its address.
+    out = _output(ctx, "partition", PARTITION_DIR, "/sagemaker/preprocess/")
+    step_args = _processor(ctx, "preprocess").run(
+        outputs=[out], arguments=_flags(ctx, step) + ["--output-dir", PARTITION_DIR]
+    )
+    ctx.property_files["preprocess"] = PropertyFile(name="Partition", output_name="partition", path=PARTITION_FILE)
     return [
         ProcessingStep(
-            name="preprocess", step_args=step_args, retry_policies=_retry_policies(ctx, job=True),
+            name="preprocess", step_args=step_args, property_files=[ctx.property_files["preprocess"]],
+            retry_policies=_retry_policies(ctx, job=True),
             cache_config=CacheConfig(enable_caching=True, expire_after="P30D"),
         )
     ]
@@ -169,7 +195,8 @@ def _build_train(ctx: _Context, step: Step) -> list:
     # Hyperparameters: the step's user-facing parameters plus the wiring; the trainer reads the partition
     # itself (FastFile channels: lineage in SageMaker, nothing copied up front).
     hyperparameters = {name: _as_string(ctx.params[name]) for name in definition.step_parameters(step)}
-    hyperparameters.update(partition_uri=_partition_uri(ctx), output_uri=_model_uri(ctx))
+    partition_uri = _from_preprocess(ctx, "partition_uri")
+    hyperparameters.update(partition_uri=partition_uri, output_uri=_model_uri(ctx))
     trainer = ModelTrainer(
         training_image=images.TRAIN_IMAGE,
         role=ctx.settings.role_arn,
@@ -183,40 +210,30 @@ def _build_train(ctx: _Context, step: Step) -> list:
     ).with_metric_definitions([MetricDefinition(name=n, regex=r) for n, r in METRIC_DEFINITIONS])
     step_args = trainer.train(
         input_data_config=[
-            InputData(channel_name="train", data_source=_join(_partition_uri(ctx), "/train")),
-            InputData(channel_name="test", data_source=_join(_partition_uri(ctx), "/test")),
+            InputData(channel_name="train", data_source=_join(partition_uri, "/train")),
+            InputData(channel_name="test", data_source=_join(partition_uri, "/test")),
         ]
     )
     return [TrainingStep(name="train", step_args=step_args, retry_policies=_retry_policies(ctx, job=True))]
 
 
 def _build_gate(ctx: _Context, step: Step) -> list:
-    from sagemaker.core.shapes import ProcessingOutput, ProcessingS3Output
     from sagemaker.core.workflow.execution_variables import ExecutionVariables
     from sagemaker.core.workflow.properties import PropertyFile
     from sagemaker.mlops.workflow import ProcessingStep
 
-    evaluation = ProcessingOutput(
-        output_name="evaluation",
-        s3_output=ProcessingS3Output(
-            s3_uri=_join(ctx.params["storage_root"], "/reports/dt=", ctx.params["run_date"], "/",
-                         ExecutionVariables.PIPELINE_EXECUTION_ID),
-            local_path=EVALUATION_DIR,
-            s3_upload_mode="EndOfJob",
-        ),
-    )
+    evaluation = _output(ctx, "evaluation", EVALUATION_DIR, "/sagemaker/gate/")
     arguments = _flags(ctx, step) + [
         "--model-uri", _model_uri(ctx),
-        "--partition-uri", _partition_uri(ctx),
-        "--run-date", ctx.params["run_date"],
+        "--partition-uri", _from_preprocess(ctx, "partition_uri"),
+        "--run-date", _from_preprocess(ctx, "run_date"),
         "--pipeline-run-id", ExecutionVariables.PIPELINE_EXECUTION_ID,
         "--evaluation-dir", EVALUATION_DIR,
     ]
     step_args = _processor(ctx, "gate").run(outputs=[evaluation], arguments=arguments)
-    report = PropertyFile(name="GateEvaluation", output_name="evaluation", path=EVALUATION_FILE)
-    ctx.property_files["gate"] = report
+    ctx.property_files["gate"] = PropertyFile(name="GateEvaluation", output_name="evaluation", path=EVALUATION_FILE)
     # Not cached and not retried: the gate registers a version and may move the champion alias.
-    return [ProcessingStep(name="gate", step_args=step_args, property_files=[report])]
+    return [ProcessingStep(name="gate", step_args=step_args, property_files=[ctx.property_files["gate"]])]
 
 
 def _build_deploy(ctx: _Context, step: Step) -> list:
@@ -247,7 +264,7 @@ def _build_deploy(ctx: _Context, step: Step) -> list:
             inference_instances=[ctx.settings.endpoint_instance_type],
             approval_status="Approved",  # the gate is the approval
             customer_metadata_properties={
-                "run_date": ctx.params["run_date"],
+                "run_date": _from_preprocess(ctx, "run_date"),
                 "model_name": ctx.params["model_name"],
             },
         ),

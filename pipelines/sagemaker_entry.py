@@ -1,0 +1,107 @@
+"""Container entry points of the SageMaker pipeline's jobs: the same step functions the KFP components call.
+
+  python -m pipelines.sagemaker_entry preprocess --output-dir DIR <PreprocessConfig flags>
+      runs the step, writes DIR/partition.json {"partition_uri", "run_date"} (read by a PropertyFile)
+  python -m pipelines.sagemaker_entry train
+      SageMaker's training-container contract (the image runs `train`): reads the hyperparameters file,
+      trains, prints `HR=...; NDCG=...; Loss=...;` for the metric definitions, copies the package to
+      /opt/ml/model so SageMaker's model artifact is the package
+  python -m pipelines.sagemaker_entry gate --evaluation-dir DIR <GateConfig flags>
+      runs the gate, writes DIR/evaluation.json {"promoted", "reason", ...} (read by a PropertyFile)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from ncf import storage
+from ncf.config import add_arguments, from_namespace
+from ncf.errors import UserError, exit_on_user_error
+
+HYPERPARAMETERS = "/opt/ml/input/config/hyperparameters.json"
+MODEL_DIR = "/opt/ml/model"
+PARTITION_FILE = "partition.json"
+EVALUATION_FILE = "evaluation.json"
+
+
+def _write_json(directory: str, name: str, obj: dict[str, Any]) -> None:
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    storage.write_json(Path(directory) / name, obj)
+
+
+def preprocess(argv: list[str]) -> int:
+    from spark.preprocess import PreprocessConfig, run
+
+    parser = argparse.ArgumentParser(prog="sagemaker_entry preprocess")
+    parser.add_argument("--output-dir", required=True, help="where partition.json goes")
+    add_arguments(parser, PreprocessConfig)
+    args = parser.parse_args(argv)
+    result = run(from_namespace(PreprocessConfig, args))
+    _write_json(args.output_dir, PARTITION_FILE,
+                {"partition_uri": result.partition_uri, "run_date": result.stats["run_date"]})
+    return 0
+
+
+def train_config_from_hyperparameters(hyperparameters: dict[str, str]):
+    """SageMaker hands every hyperparameter over as a string; parse them with the step's own flag types."""
+    from ncf.train import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="sagemaker_entry train", exit_on_error=False)
+    add_arguments(parser, TrainConfig)
+    argv: list[str] = []
+    for name, value in sorted(hyperparameters.items()):
+        argv += ["--" + name.replace("_", "-"), str(value)]
+    try:
+        args = parser.parse_args(argv)
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise UserError(f"{HYPERPARAMETERS}: {exc}") from exc
+    return from_namespace(TrainConfig, args)
+
+
+def train(argv: list[str]) -> int:
+    from ncf.train import run
+
+    parser = argparse.ArgumentParser(prog="sagemaker_entry train")
+    parser.add_argument("--hyperparameters", default=HYPERPARAMETERS)
+    parser.add_argument("--model-dir", default=MODEL_DIR)
+    args = parser.parse_args(argv)
+    config = train_config_from_hyperparameters(storage.read_json(args.hyperparameters))
+    result = run(config)
+    metrics = result.metrics
+    k = config.top_k
+    print(f"HR={metrics[f'hr@{k}']:.6f}; NDCG={metrics[f'ndcg@{k}']:.6f}; Loss={metrics['loss']:.6f};", flush=True)
+    with storage.local_copy(result.model_uri) as package:
+        shutil.copytree(package, args.model_dir, dirs_exist_ok=True)
+    return 0
+
+
+def gate(argv: list[str]) -> int:
+    from ncf.gate import GateConfig, run
+
+    parser = argparse.ArgumentParser(prog="sagemaker_entry gate")
+    parser.add_argument("--evaluation-dir", required=True, help="where evaluation.json goes")
+    add_arguments(parser, GateConfig)
+    args = parser.parse_args(argv)
+    result = run(from_namespace(GateConfig, args))
+    _write_json(args.evaluation_dir, EVALUATION_FILE, dataclasses.asdict(result))
+    return 0
+
+
+COMMANDS = {"preprocess": preprocess, "train": train, "gate": gate}
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        raise UserError(f"usage: python -m pipelines.sagemaker_entry {{{','.join(COMMANDS)}}} [flags]; got {argv[:1]}")
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,4 +33,4 @@ EXPOSE 8080 8081
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/v2/health/ready', timeout=4)"]
 ENTRYPOINT ["python", "-m", "serving.server"]
-CMD ["--model_dir=/mnt/models", "--http_port=8080"]
+CMD ["--model-uri=/mnt/models", "--host=0.0.0.0", "--http-port=8080"]

@@ -249,7 +249,7 @@ def test_inferenceservice_is_wired_to_runtime_account_and_storage(overlay):
     assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
     assert predictor["model"]["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{isvc['metadata']['name']}"
     args = runtime["spec"]["containers"][0]["args"]
-    assert "--model_name={{.Name}}" in args and "--model_dir=/mnt/models" in args
+    assert "--model-name={{.Name}}" in args and "--model-uri=/mnt/models" in args
     # The CI deploy job keeps the live model: it rewrites the one storageUri line of the rendered overlay.
     rendered = yaml.safe_dump_all(objects)
     assert len(re.findall(r"^\s*storageUri:", rendered, flags=re.M)) == 1

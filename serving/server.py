@@ -1,0 +1,173 @@
+"""`ncfctl serve`: the KServe model server for one NCF model (REST V1/V2 + gRPC), one worker, on 127.0.0.1.
+
+    ncfctl serve --model-uri runs/models/<run-id>                     # a package directory
+    ncfctl serve --model-uri models:/ncf@champion --tracking-uri sqlite:///runs/mlflow.db
+    python -m serving.server --host 0.0.0.0                           # in the serving image: /mnt/models
+
+Endpoints (KServe's): /v1/models/ncf:predict, /v2/models/ncf/infer, /v2/models/ncf (metadata),
+/v2/health/live, /v2/health/ready, /v2/repository/models/ncf/load (hot swap: re-reads the source, e.g. the
+model the `champion` alias points at now), /metrics (Prometheus). One worker: scale with replicas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from ncf.config import add_arguments, from_namespace, param
+from ncf.errors import UserError, exit_on_user_error
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    model_uri: str = param("", "package directory, s3:// package or models:/<name>@<alias> (default: /mnt/models "
+                               "when it holds a package, else $STORAGE_URI)")
+    tracking_uri: str = param("", "MLflow tracking URI for models:/ sources (default: $MLFLOW_TRACKING_URI)")
+    model_name: str = param("ncf", "name on the endpoint paths (/v1/models/<name>:predict)")
+    host: str = param("127.0.0.1", "interface to bind (0.0.0.0 inside a pod)")
+    http_port: int = param(8080, "REST port")
+    grpc_port: int = param(8081, "gRPC port")
+    enable_grpc: bool = param(True, "serve the V2 gRPC protocol too")
+    max_k: int = param(100, "largest k a request may ask for")
+    max_instances: int = param(64, "most users per request")
+    torch_threads: int = param(1, "intra-op threads for scoring (1 is fastest for one small forward per request)")
+    access_log: bool = param(False, "log every request (costs throughput)")
+
+
+def resolve_source(model_uri: str) -> str:
+    if model_uri:
+        return model_uri
+    if (Path("/mnt/models") / "config.json").exists():
+        return "/mnt/models"
+    if os.environ.get("STORAGE_URI"):
+        return os.environ["STORAGE_URI"]
+    raise UserError("model_uri: not given, /mnt/models holds no package and STORAGE_URI is not set")
+
+
+@contextlib.contextmanager
+def _kserve_argv() -> Iterator[None]:
+    """kserve.model_server parses sys.argv when imported; keep our flags away from its parser."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def build_server(config: ServeConfig):
+    """The loaded model and a ModelServer bound to `config.host` (both ready to `start`)."""
+    import torch
+
+    with _kserve_argv():
+        from kserve import ModelServer
+        from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+        from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+        from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+        from kserve.protocol.grpc.server import GRPCServer
+        from kserve.protocol.grpc.servicer import InferenceServicer
+        from kserve.protocol.rest.server import RESTServer
+
+    from serving.predictor import NCFModel, NCFRepository
+
+    if config.max_k < 1 or config.max_instances < 1:
+        raise UserError("max_k and max_instances must be >= 1")
+    torch.set_num_threads(config.torch_threads)
+    source = resolve_source(config.model_uri)
+    tracking_uri = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+
+    def new_model(name: str) -> NCFModel:
+        if name != config.model_name:
+            raise UserError(f"unknown model {name!r}; this server serves {config.model_name!r}")
+        return NCFModel(name, source, tracking_uri=tracking_uri, max_k=config.max_k,
+                        max_instances=config.max_instances)
+
+    model = new_model(config.model_name)
+    model.load()
+
+    class HostGRPCServer(GRPCServer):
+        """KServe's gRPC server, bound to `config.host` instead of every interface."""
+
+        async def start(self, max_workers):
+            from concurrent import futures
+
+            from grpc import aio
+
+            self._server = aio.server(
+                futures.ThreadPoolExecutor(max_workers=max_workers),
+                interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+                options=[("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
+                         ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length"))])
+            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                InferenceServicer(self._data_plane, self._model_repository_extension), self._server)
+            self._server.add_insecure_port(f"{config.host}:{self._port}")
+            await self._server.start()
+            await self._server.wait_for_termination()
+
+    class HostModelServer(ModelServer):
+        """ModelServer.start for one worker, with REST and gRPC bound to `config.host`."""
+
+        def start(self, models) -> None:
+            from kserve.model_server import args as kserve_args
+
+            self._register_and_check_atleast_one_model_is_ready(models)
+            self._rest_server = RESTServer(
+                FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension, self.http_port,
+                workers=1, grace_period=self.grace_period, event_loop=self.event_loop,
+                timeout_keep_alive=self.timeout_keep_alive)
+            self._rest_server.config.host = config.host
+            self.servers.append(self._rest_server.start())
+            if self.enable_grpc:
+                self._grpc_server = HostGRPCServer(self.grpc_port, self.dataplane, self.model_repository_extension,
+                                                   kwargs=vars(kserve_args), grace_period=self.grace_period)
+                self.servers.append(self._grpc_server.start(self.max_threads))
+            self.setup_event_loop()
+            self.register_signal_handler()
+            asyncio.run(self._serve())
+
+    _bad_requests_are_400()
+    server = HostModelServer(http_port=config.http_port, grpc_port=config.grpc_port, workers=1,
+                             enable_grpc=config.enable_grpc, registered_models=NCFRepository(new_model),
+                             enable_latency_logging=False, grace_period=5)
+    quiet = logging.WARNING
+    logging.getLogger("kserve.trace").setLevel(quiet)  # a timing line per request otherwise
+    if not config.access_log:
+        logging.getLogger("uvicorn.access").setLevel(quiet)
+    return model, server
+
+
+def _bad_requests_are_400() -> None:
+    """A V2 body that fails KServe's schema is a bad request like any other: 400 with the reason, not 422."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from kserve.model_server import app
+
+    async def handler(_request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return JSONResponse(status_code=400, content={"error": f"invalid request body: {problems}"})
+
+    app.add_exception_handler(RequestValidationError, handler)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ncfctl serve", description=__doc__.split("\n")[0])
+    add_arguments(parser, ServeConfig)
+    config = from_namespace(ServeConfig, parser.parse_args(argv))
+    model, server = build_server(config)
+    grpc = f", gRPC {config.host}:{config.grpc_port}" if config.enable_grpc else ""
+    print(f"serving {config.model_name} (version {model.version}, from {model.source}) on "
+          f"http://{config.host}:{config.http_port}{grpc}", flush=True)
+    server.start([model])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

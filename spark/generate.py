@@ -29,6 +29,7 @@ import numpy as np
 from ncf import storage
 from ncf.config import add_arguments, from_namespace, param
 from ncf.errors import UserError, exit_on_user_error
+from spark.hashing import hash_uniform
 
 OUTPUT_FORMATS = ("parquet", "csv", "jsonl")
 EVENT_TYPES = ("view", "cart", "purchase")
@@ -94,25 +95,6 @@ def resolve_sizes(config: GenerateConfig) -> World:
     except ValueError as exc:
         raise UserError(f"--start-date {config.start_date!r}: expected YYYY-MM-DD") from exc
     return World(config.seed, users, items, topics, int(start.timestamp()), config.days * 86_400)
-
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer: a fast, well-distributed 64-bit hash (vectorized, wraps on overflow)."""
-    with np.errstate(over="ignore"):
-        x = x + _GOLDEN
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def hash_uniform(seed: int, ids: np.ndarray, stream: int) -> np.ndarray:
-    """Uniform [0, 1) floats, a pure function of (seed, id, stream)."""
-    key = _mix(np.array([seed * 1_000_003 + stream], dtype=np.uint64))
-    bits = _mix(ids.astype(np.uint64) ^ key)
-    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
 def _cdf(weights: np.ndarray) -> np.ndarray:

@@ -2,10 +2,12 @@
 
 Formats: MovieLens (`u.data` tab, `ratings.dat` `::`, `ratings.csv` with header; every rating is an implicit
 interaction, the rating becomes the weight) and generic event logs in CSV, Parquet or JSON Lines with a column
-mapping. Timestamps may be epoch seconds, epoch milliseconds or ISO-8601 (no offset = UTC).
+mapping. Timestamps may be epoch seconds / milliseconds / microseconds / nanoseconds, ISO-8601 text (no offset = UTC) or
+timestamp columns.
 
 Malformed rows (wrong number of fields, missing user/item id, unparsable timestamp or weight) are counted and
 dropped. More than `max_bad_fraction` of them fails the read with the file and an example row.
+Validation and deduplication happen in one pass over the input (it is read exactly once).
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 from ncf.errors import UserError
 
 FORMATS = ("auto", "movielens", "csv", "parquet", "jsonl")
 TIMESTAMP_UNITS = ("auto", "s", "ms", "iso")
 CORRUPT = "_corrupt_record"
+FILTERED = "_filtered"  # status of valid rows that --event-types / --min-weight leave out
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".deflate", ".zst", ".lz4", ".snappy")
 _EXTENSION_FORMATS = {
     ".parquet": "parquet",
@@ -33,8 +37,9 @@ _EXTENSION_FORMATS = {
 }
 MOVIELENS_FILES = ("u.data", "ratings.dat", "ratings.csv")
 _MOVIELENS_COLUMNS = ["user", "item", "rating", "timestamp"]
-# Epoch values at or above this are milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
-_MILLIS_THRESHOLD = 100_000_000_000
+# Epoch numbers in auto mode: below 1e11 seconds (1e11 s is the year 5138), then milliseconds (1e11 ms is
+# 1973), microseconds from 1e14, nanoseconds from 1e17 (pandas writes those).
+_EPOCH_DIVISORS = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +55,15 @@ class ColumnMapping:
 
 @dataclasses.dataclass
 class ReadResult:
-    events: object  # DataFrame[user_id string, item_id string, ts bigint, event_type string, weight double]
+    pairs: Any  # DataFrame[user_id string, item_id string, ts bigint]: one row per (user, item)
     format: str
     files: list[str]
-    num_rows: int
+    num_rows: int  # rows read, good and bad
     num_bad_rows: int
     bad_rows_by_reason: dict[str, int]
+    num_filtered_rows: int  # valid rows of other event types / lower weights
+    num_events: int  # valid rows kept (before deduplication)
+    num_pairs: int  # distinct (user, item) pairs
 
 
 def _data_files(path: Path) -> list[Path]:
@@ -212,7 +220,8 @@ def _epoch_seconds(column, dtype: str, unit: str):
     if dtype in ("timestamp", "timestamp_ntz", "date"):
         return F.unix_timestamp(column.cast("timestamp"))
     text = column.cast("string")
-    number = text.try_cast("double")
+    numeric = dtype in ("tinyint", "smallint", "int", "bigint", "float", "double") or dtype.startswith("decimal")
+    number = column.cast("double") if numeric else text.try_cast("double")
     iso = F.unix_timestamp(text.try_cast("timestamp"))
     if unit == "s":
         return number.cast("bigint")
@@ -220,7 +229,12 @@ def _epoch_seconds(column, dtype: str, unit: str):
         return F.floor(number / 1000).cast("bigint")
     if unit == "iso":
         return iso
-    from_number = F.when(F.abs(number) >= _MILLIS_THRESHOLD, F.floor(number / 1000)).otherwise(F.floor(number))
+    scaled = number
+    for threshold, divisor in reversed(_EPOCH_DIVISORS):
+        scaled = F.when(F.abs(number) >= threshold, number / divisor).otherwise(scaled)
+    from_number = F.floor(scaled)
+    if numeric:
+        return from_number.cast("bigint")
     return F.coalesce(from_number.cast("bigint"), iso)
 
 
@@ -249,20 +263,28 @@ def _display_file(file_url: str, local: Path | None, source: str) -> str:
     return path
 
 
-def read_events(
+def read_interactions(
     spark,
     local_path: str | Path | None,
+    output: str,
     *,
     source: str,
     input_format: str = "auto",
     mapping: ColumnMapping | None = None,
     timestamp_unit: str = "auto",
     csv_delimiter: str = ",",
+    event_types: list[str] | tuple[str, ...] = (),
+    min_weight: float | None = None,
     max_bad_fraction: float = 0.01,
     spark_path: str | None = None,
 ) -> ReadResult:
-    """Read and validate one input. `local_path` is a local file/directory (None when Spark reads
-    `spark_path` itself, e.g. `s3a://`); `source` is the URI the user gave, used in messages."""
+    """Read, validate and deduplicate one input in a single pass over it.
+
+    Valid rows of the wanted event types / weights become one row per (user_id, item_id) with ts = the first
+    time the user met the item, written as Parquet to `output` (together with one summary row per kind of
+    bad row). `local_path` is a local file/directory (None when Spark reads `spark_path` itself, e.g.
+    `s3a://`); `source` is the URI the user gave, used in messages.
+    """
     from pyspark.sql import functions as F
 
     mapping = mapping or ColumnMapping()
@@ -289,6 +311,10 @@ def read_events(
     dtypes = dict(frame.dtypes)
     has_event = bool(mapping.event_type) and mapping.event_type in dtypes
     has_weight = bool(mapping.weight) and mapping.weight in dtypes
+    if event_types and not has_event:
+        raise UserError(f"{source}: --event-types given but the input has no event type column {mapping.event_type!r}")
+    if min_weight is not None and not has_weight:
+        raise UserError(f"{source}: --min-weight given but the input has no weight column {mapping.weight!r}")
 
     def text(name):
         value = F.trim(F.col(f"`{name}`").cast("string"))
@@ -296,47 +322,67 @@ def read_events(
 
     user, item = text(mapping.user), text(mapping.item)
     ts = _epoch_seconds(F.col(f"`{mapping.timestamp}`"), dtypes[mapping.timestamp], timestamp_unit)
-    weight = F.col(f"`{mapping.weight}`").cast("string").try_cast("double") if has_weight else F.lit(None).cast("double")
-    weight_given = F.col(f"`{mapping.weight}`").isNotNull() if has_weight else F.lit(False)
+    weight = F.col(f"`{mapping.weight}`").cast("string").try_cast("double") if has_weight else None
     reason = (
         F.when(F.col(CORRUPT).isNotNull(), F.lit("wrong number of fields"))
         .when(user.isNull(), F.lit(f"missing user id ({mapping.user})"))
         .when(item.isNull(), F.lit(f"missing item id ({mapping.item})"))
         .when(ts.isNull(), F.lit(f"unparsable timestamp ({mapping.timestamp})"))
-        .when(weight_given & weight.isNull(), F.lit(f"non-numeric weight ({mapping.weight})"))
     )
+    if weight is not None:
+        reason = reason.when(F.col(f"`{mapping.weight}`").isNotNull() & weight.isNull(), F.lit(f"non-numeric weight ({mapping.weight})"))
+    wanted = F.lit(True)
+    if event_types:
+        wanted = wanted & text(mapping.event_type).isin(list(event_types))
+    if min_weight is not None:
+        wanted = wanted & (weight >= min_weight)
+    status = F.coalesce(reason, F.when(~F.coalesce(wanted, F.lit(False)), F.lit(FILTERED)))
     sep = "\t" if fmt == "movielens" and not spark_path.endswith((".csv", ".dat")) else ","
-    checked = frame.select(
-        user.alias("user_id"),
-        item.alias("item_id"),
-        ts.alias("ts"),
-        (text(mapping.event_type) if has_event else F.lit(None).cast("string")).alias("event_type"),
-        weight.alias("weight"),
-        reason.alias("bad_reason"),
-        _row_text(frame, fmt, sep).alias("raw_row"),
-        F.col("_metadata.file_path").alias("file"),
+    is_bad = reason.isNotNull()
+    grouped = (
+        frame.select(
+            F.when(status.isNull(), user).alias("user_id"),
+            F.when(status.isNull(), item).alias("item_id"),
+            status.alias("status"),
+            ts.alias("ts"),
+            F.when(is_bad, F.struct(F.col("_metadata.file_path").alias("file"), _row_text(frame, fmt, sep).alias("row"))).alias("bad"),
+        )
+        .groupBy("user_id", "item_id", "status")
+        .agg(F.min("ts").alias("ts"), F.count(F.lit(1)).alias("rows"), F.first("bad", ignorenulls=True).alias("example"))
     )
-
-    bad = F.col("bad_reason").isNotNull()
-    summary = checked.groupBy("bad_reason").agg(
-        F.count(F.lit(1)).alias("rows"),
-        F.first(F.when(bad, F.struct("file", "raw_row")), ignorenulls=True).alias("example"),
+    grouped.write.mode("overwrite").parquet(output)
+    written = spark.read.parquet(output)
+    summary = written.groupBy("status").agg(
+        F.sum("rows").alias("rows"), F.count(F.lit(1)).alias("groups"), F.first("example", ignorenulls=True).alias("example")
     )
-    counts = {row["bad_reason"]: (row["rows"], row["example"]) for row in summary.collect()}
-    num_rows = sum(n for n, _ in counts.values())
-    bad_by_reason = {reason: n for reason, (n, _) in counts.items() if reason is not None}
-    num_bad = sum(bad_by_reason.values())
+    by_status = {row["status"]: row for row in summary.collect()}
+    num_rows = sum(row["rows"] for row in by_status.values())
+    bad = {status: row["rows"] for status, row in by_status.items() if status not in (None, FILTERED)}
+    num_bad = sum(bad.values())
     if num_rows == 0:
         raise UserError(f"{source}: no rows to read (empty input)")
     if num_bad and num_bad / num_rows > max_bad_fraction:
-        worst = max(bad_by_reason, key=bad_by_reason.get)
-        example = counts[worst][1]
-        where = _display_file(example["file"], local, source) if example else source
+        worst = max(bad, key=bad.get)
+        example = by_status[worst]["example"]
         raise UserError(
-            f"{where}: {num_bad} of {num_rows} rows are malformed ({num_bad / num_rows:.2%} > "
-            f"--max-bad-fraction {max_bad_fraction:g}); most common: {worst}, e.g. row {example['raw_row']!r}"
+            f"{_display_file(example['file'], local, source)}: {num_bad} of {num_rows} rows are malformed "
+            f"({num_bad / num_rows:.2%} > --max-bad-fraction {max_bad_fraction:g}); most common: {worst}, "
+            f"e.g. row {example['row']!r}"
         )
     if num_bad == num_rows:
         raise UserError(f"{source}: no valid rows ({num_bad} malformed)")
-    events = checked.where(~bad).select("user_id", "item_id", "ts", "event_type", "weight")
-    return ReadResult(events, fmt, files, num_rows, num_bad, bad_by_reason)
+    kept = by_status.get(None)
+    if kept is None:
+        raise UserError(f"{source}: no interactions left after --event-types / --min-weight")
+    pairs = written.where(F.col("status").isNull()).select("user_id", "item_id", "ts")
+    return ReadResult(
+        pairs=pairs,
+        format=fmt,
+        files=files,
+        num_rows=num_rows,
+        num_bad_rows=num_bad,
+        bad_rows_by_reason=bad,
+        num_filtered_rows=by_status[FILTERED]["rows"] if FILTERED in by_status else 0,
+        num_events=kept["rows"],
+        num_pairs=kept["groups"],
+    )

@@ -71,6 +71,8 @@ def get_spark(master: str = "", app_name: str = "ncf", driver_memory: str = "", 
         # Spark's own _SUCCESS files inside tables would be noise: the partition has exactly one, at its root.
         .config("spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
         .config("spark.hadoop.parquet.enable.summary-metadata", "false")
+        # pandas writes nanosecond timestamps, which Spark refuses; read them as epoch numbers instead
+        .config("spark.sql.legacy.parquet.nanosAsLong", "true")
     )
     try:
         spark = builder.getOrCreate()

@@ -1,0 +1,45 @@
+"""The predictor in-process: where it loads from (local dir, STORAGE_URI, s3://, registry) and CLI errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kserve.errors import InvalidInput
+
+from ncf.errors import UserError
+from serving import server
+from serving.predictor import NCFModel
+from tests.mlflow_fixtures import make_package, oracle_model, tiny_partition
+
+
+@pytest.mark.skipif(Path("/mnt/models/config.json").exists(), reason="/mnt/models holds a package here")
+def test_source_resolution(monkeypatch):
+    assert server.resolve_source("models:/ncf@champion") == "models:/ncf@champion"
+    monkeypatch.setenv("STORAGE_URI", "s3://bucket/package")
+    assert server.resolve_source("") == "s3://bucket/package"
+    monkeypatch.delenv("STORAGE_URI")
+    with pytest.raises(UserError, match="STORAGE_URI is not set"):
+        server.resolve_source("")
+
+
+def test_loads_a_package_from_s3(s3_bucket):
+    partition = tiny_partition(num_users=12, num_items=30, per_user=4, num_neg=5)
+    uri = make_package(f"s3://{s3_bucket}/models/run-1", partition, oracle_model(partition, 0.0))
+    model = NCFModel("ncf", uri)
+    assert model.load() and model.ready
+    (pred,) = model.predict({"instances": [{"user_id": "u2", "k": 1}]})["predictions"]
+    assert pred["item_ids"] == [f"i{partition.test_items[2]}"]  # the oracle ranks the held-out item first
+    with pytest.raises(InvalidInput, match="instances"):
+        model.predict({"instances": {}})
+
+
+def test_registry_source_needs_a_tracking_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(UserError, match="needs a tracking URI"):
+        NCFModel("ncf", "models:/ncf@champion").load()
+
+
+def test_serve_cli_reports_a_missing_package(tmp_path, capsys):
+    assert server.main(["--model-uri", str(tmp_path / "nothing-here")]) == 2
+    assert "no such model package" in capsys.readouterr().err

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ncf import storage
+from ncf.errors import UserError
+from ncf.models import ModelSpec, build_model
+from ncf.package import load_package, package_tables, save_package
+from ncf.scoring import ItemScorer
+
+
+@pytest.fixture
+def model(tiny_partition):
+    torch.manual_seed(3)
+    return build_model(ModelSpec("NeuMF", tiny_partition.num_users, tiny_partition.num_items, 8, 2, 0.3)).eval()
+
+
+def _save(uri, model, partition):
+    return save_package(uri, model, metrics={"hr@10": 0.5}, hyperparameters={"lr": 0.001, "epochs": 3},
+                        extra={"partition_uri": partition.uri}, **package_tables(partition))
+
+
+def test_round_trip_is_bit_identical(tmp_path, model, tiny_partition):
+    uri = tmp_path / "models" / "run-1"
+    _save(uri, model, tiny_partition)
+    assert sorted(p.name for p in uri.iterdir()) == sorted(
+        ["_SUCCESS", "config.json", "item_ids.json", "metrics.json", "popularity.npy", "seen.npz",
+         "user_ids.json", "weights.safetensors"])
+    pkg = load_package(uri)
+    assert not pkg.model.training
+    users = torch.arange(tiny_partition.num_users)
+    assert torch.equal(ItemScorer(pkg.model).score_all(users), ItemScorer(model).score_all(users))
+    assert pkg.config["model_type"] == "NeuMF" and pkg.config["schema_version"] == 1
+    assert pkg.config["hyperparameters"]["epochs"] == 3 and pkg.config["partition_uri"] == "memory://tiny"
+    assert pkg.user_index["user-7"] == 7 and pkg.item_ids[3] == "item-3"
+    assert pkg.metrics == {"hr@10": 0.5}
+    assert pkg.popularity.dtype == np.float32 and pkg.popularity.sum() == tiny_partition.train_users.size
+    train_items_0 = sorted(tiny_partition.train_items[tiny_partition.train_users == 0].tolist())
+    assert pkg.seen_items(0).tolist() == train_items_0
+
+
+def test_round_trip_through_s3(s3_bucket, model, tiny_partition):
+    uri = f"s3://{s3_bucket}/models/run-2"
+    _save(uri, model, tiny_partition)
+    pkg = load_package(uri)
+    assert torch.equal(pkg.model.predict_layer.weight, model.predict_layer.weight)
+
+
+def test_incomplete_or_corrupt_packages_are_user_errors(tmp_path, model, tiny_partition):
+    with pytest.raises(UserError, match="no such model package"):
+        load_package(tmp_path / "nothing")
+    uri = tmp_path / "pkg"
+    _save(uri, model, tiny_partition)
+    (uri / "_SUCCESS").unlink()
+    with pytest.raises(UserError, match="incomplete"):
+        load_package(uri)
+    _save(uri, model, tiny_partition)
+    config = json.loads((uri / "config.json").read_text())
+    storage.write_json(uri / "config.json", {**config, "factor_num": 16})
+    with pytest.raises(UserError, match="does not match config.json"):
+        load_package(uri)
+
+
+def test_failed_export_leaves_nothing(tmp_path, model, tiny_partition):
+    tables = package_tables(tiny_partition)
+    tables["user_ids"] = tables["user_ids"][:-1]
+    with pytest.raises(UserError, match="id maps"):
+        save_package(tmp_path / "pkg", model, metrics={}, **tables)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ncf.errors import UserError
+from ncf.sampling import NegativeSampler, leave_last_out, seen_csr
+
+
+def test_seen_csr_sorted_and_deduplicated():
+    indptr, indices = seen_csr(np.array([2, 0, 2, 2, 0]), np.array([5, 1, 3, 5, 0]), num_users=4)
+    assert indptr.tolist() == [0, 2, 2, 4, 4]
+    assert indices.tolist() == [0, 1, 3, 5]
+
+
+def test_never_samples_a_positive_and_covers_all_negatives():
+    rng = np.random.default_rng(1)
+    num_users, num_items = 50, 40
+    users = rng.integers(0, num_users, 1500)
+    items = rng.integers(0, num_items, 1500)
+    users[users == 7] = 8
+    users[:39], items[:39] = 7, np.arange(39)  # user 7 has exactly one unseen item: 39
+    sampler = NegativeSampler(users, items, num_users, num_items)
+    query = torch.arange(num_users).repeat_interleave(200)
+    neg = sampler.sample(query, num=5, generator=torch.Generator().manual_seed(0)).numpy()
+    positives = set(zip(users.tolist(), items.tolist(), strict=True))
+    sampled = set(zip(np.repeat(query.numpy(), 5).tolist(), neg.reshape(-1).tolist(), strict=True))
+    assert not (sampled & positives)
+    assert (neg[query.numpy() == 7] == 39).all()
+    all_negatives = {(u, i) for u in range(num_users) for i in range(num_items)} - positives
+    assert sampled == all_negatives  # 1000 draws per user reach every unseen item
+
+
+def test_uniform_over_unseen_items():
+    sampler = NegativeSampler(np.array([0, 0]), np.array([1, 3]), 1, 6)
+    neg = sampler.sample(torch.zeros(40_000, dtype=torch.long), generator=torch.Generator().manual_seed(0))
+    counts = np.bincount(neg.numpy().ravel(), minlength=6)
+    assert counts[1] == counts[3] == 0
+    assert np.allclose(counts[[0, 2, 4, 5]] / 40_000, 0.25, atol=0.01)
+
+
+def test_seeded_sampling_is_deterministic():
+    sampler = NegativeSampler(np.arange(10) % 3, np.arange(10), 3, 30)
+    users = torch.arange(3).repeat(100)
+    a = sampler.sample(users, 4, torch.Generator().manual_seed(5))
+    b = sampler.sample(users, 4, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_distinct_negatives():
+    sampler = NegativeSampler(np.zeros(5, dtype=int), np.arange(5), 2, 30)
+    out = sampler.sample_distinct(torch.tensor([0, 1, 0]), 24, torch.Generator().manual_seed(0))
+    assert all(len(set(row)) == 24 for row in out.tolist())
+    assert not set(out[0].tolist()) & set(range(5))
+    with pytest.raises(UserError, match="fewer than 26"):
+        sampler.sample_distinct(torch.tensor([0]), 26)
+
+
+def test_user_with_every_item_is_a_user_error():
+    with pytest.raises(UserError, match="user_idx 1: has interacted with all 3 items"):
+        NegativeSampler(np.array([1, 1, 1, 0]), np.array([0, 1, 2, 0]), 2, 3)
+
+
+def test_leave_last_out_takes_latest_of_users_with_two_or_more():
+    users = np.array([0, 0, 1, 2, 2, 2])
+    ts = np.array([5, 9, 1, 3, 7, 7])
+    # user 1 has a single interaction: kept for training; user 2's tie goes to the later row.
+    assert leave_last_out(users, np.zeros(6), ts, 3).tolist() == [1, 5]

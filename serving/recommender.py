@@ -41,7 +41,8 @@ class Recommendation:
     fallback: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Not dataclasses.asdict: it deep-copies the lists, a measurable share of a request.
+        return {"user_id": self.user_id, "item_ids": self.item_ids, "scores": self.scores, "fallback": self.fallback}
 
 
 def _is_int(value: Any) -> bool:

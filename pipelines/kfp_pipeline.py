@@ -95,11 +95,13 @@ BUILDERS: dict[str, Builder] = {
 
 # Side-effecting steps: a cache hit would skip registering a version or rolling out the champion.
 NEVER_CACHED = frozenset({"gate", "deploy"})
+# A retried gate could register the same model twice (deploy is idempotent: retrying it is safe).
+NEVER_RETRIED = frozenset({"gate"})
 
 
 def _apply_kubernetes(task: dsl.PipelineTask, step: str, settings: KubernetesSettings) -> None:
     task.set_caching_options(settings.caching and step not in NEVER_CACHED)
-    if settings.retries:
+    if settings.retries and step not in NEVER_RETRIED:
         task.set_retry(
             num_retries=settings.retries,
             backoff_duration=settings.backoff,

@@ -56,10 +56,29 @@ class _Context:
     property_files: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def _validate_our_config_once() -> None:
+    """SDK 3.27 re-validates the session's config against its JSON schema on every config lookup (~0.5 s each,
+    ~75 lookups per definition: half a minute). Ours is a constant: validate it once, skip the repeats."""
+    from sagemaker.core.config.config_manager import SageMakerConfig
+
+    validate = SageMakerConfig.validate_sagemaker_config
+    if getattr(validate, "ncf_validated_once", False):
+        return
+    validate(_TELEMETRY_OFF)
+
+    def validate_unless_ours(sagemaker_config: dict | None = None) -> None:
+        if sagemaker_config is not _TELEMETRY_OFF:
+            validate(sagemaker_config)
+
+    validate_unless_ours.ncf_validated_once = True  # type: ignore[attr-defined]
+    SageMakerConfig.validate_sagemaker_config = staticmethod(validate_unless_ours)
+
+
 def _session(settings: SageMakerSettings):
     import boto3
     from sagemaker.core.workflow.pipeline_context import PipelineSession
 
+    _validate_our_config_once()
     return PipelineSession(boto_session=boto3.Session(region_name=settings.region), sagemaker_config=_TELEMETRY_OFF)
 
 

@@ -1,0 +1,36 @@
+"""Shared fixtures for the pipeline tests: compiled outputs built once per session (compiling takes seconds)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+
+import pytest
+
+# What a CI-triggered run would use: SageMaker needs an s3:// storage root.
+OVERRIDES = {"input_uri": "s3://ncf-test/raw/events/", "storage_root": "s3://ncf-test/platform"}
+
+
+@pytest.fixture(scope="session")
+def kfp_ir(tmp_path_factory) -> str:
+    from pipelines.kfp_pipeline import compile_ir
+
+    path = tmp_path_factory.mktemp("kfp") / "pipeline.yaml"
+    return compile_ir(path, overrides=OVERRIDES).read_text()
+
+
+@pytest.fixture(scope="session")
+def sagemaker_json() -> str:
+    from pipelines.sagemaker_pipeline import definition_json
+
+    for name in ("sagemaker", "sagemaker.core", "sagemaker.mlops", "sagemaker.serve"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return definition_json(overrides=OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def sagemaker_definition(sagemaker_json) -> dict:
+    return json.loads(sagemaker_json)

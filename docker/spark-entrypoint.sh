@@ -50,5 +50,6 @@ case "${1:-}" in
     ;;
 esac
 
-# tini reaps zombies (Spark and torch start child processes) and forwards signals.
-exec /usr/bin/tini -s -- "${cmd[@]}"
+# tini (installed in the pipeline image) reaps zombies (Spark and torch start child processes) and forwards signals.
+if [ -x /usr/bin/tini ]; then exec /usr/bin/tini -s -- "${cmd[@]}"; fi
+exec "${cmd[@]}"

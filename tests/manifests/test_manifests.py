@@ -98,6 +98,15 @@ def test_kustomization_builds_and_every_object_validates(directory):
         pytest.skip(f"core kinds valid; CRD schemas not found at {SCHEMAS_DIR}, so not validated: {unchecked}")
 
 
+@pytest.mark.parametrize("directory", [*OVERLAYS.values(), *JOBS], ids=_rel)
+def test_every_namespaced_object_names_its_namespace(directory):
+    """Without one, `kubectl apply` puts it in whatever namespace the user's context points at."""
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass"}
+    missing = [describe(o) for o in build(directory) if o["kind"] not in cluster_scoped
+               and not o["metadata"].get("namespace")]
+    assert not missing, f"{_rel(directory)}: no metadata.namespace on {missing}"
+
+
 def test_validation_rejects_what_the_api_server_would():
     """The validators are not vacuous: a misspelt field in a core kind and in a custom resource both fail."""
     objects = build(OVERLAYS["aws"])

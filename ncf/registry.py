@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 from ncf import storage
 from ncf.errors import UserError
@@ -88,9 +89,7 @@ class NCFPythonModel(mlflow.pyfunc.PythonModel):
 
         self.recommender = Recommender(load_package(context.artifacts[PACKAGE_ARTIFACT]))
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):
-        import pandas as pd
-
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from serving.recommender import DEFAULT_K, RequestError
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
@@ -175,6 +174,7 @@ def register_package(package_uri: str, *, tracking_uri: str, model_name: str = D
             raise UserError(f"{package_uri}: model package is incomplete (no _SUCCESS marker)")
         # MLflow names an artifact directory after its basename: stage it as `package/`.
         local_package = Path(shutil.copytree(source, Path(tmp) / PACKAGE_ARTIFACT))
+        first_user = json.loads((local_package / "user_ids.json").read_text())[0]
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{model_name}") as run:
             if params:
                 mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
@@ -186,6 +186,7 @@ def register_package(package_uri: str, *, tracking_uri: str, model_name: str = D
                 artifacts={PACKAGE_ARTIFACT: str(local_package)},
                 code_paths=[str(_REPO_ROOT / "ncf"), str(_REPO_ROOT / "serving")],
                 signature=signature(),
+                input_example=(pd.DataFrame({"user_id": [str(first_user)], "k": [10]}), {"exclude_seen": True}),
                 pip_requirements=pip_requirements(),
             )
     try:

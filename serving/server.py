@@ -123,7 +123,7 @@ def build_server(config: ServeConfig):
                 workers=1, grace_period=self.grace_period, event_loop=self.event_loop,
                 timeout_keep_alive=self.timeout_keep_alive)
             self._rest_server.config.host = config.host
-            self.servers.append(self._rest_server.start())
+            self.servers.append(self._serve_rest())
             if self.enable_grpc:
                 self._grpc_server = HostGRPCServer(self.grpc_port, self.dataplane, self.model_repository_extension,
                                                    kwargs=vars(kserve_args), grace_period=self.grace_period)
@@ -131,6 +131,12 @@ def build_server(config: ServeConfig):
             self.setup_event_loop()
             self.register_signal_handler()
             asyncio.run(self._serve())
+
+        async def _serve_rest(self) -> None:
+            """uvicorn handles SIGTERM itself; once it has drained, stop gRPC too so the process exits."""
+            await self._rest_server.start()
+            if self._grpc_server is not None:
+                await self._grpc_server.stop()
 
     _bad_requests_are_400()
     server = HostModelServer(http_port=config.http_port, grpc_port=config.grpc_port, workers=1,

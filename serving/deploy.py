@@ -38,7 +38,7 @@ class DeployConfig:
     tracking_uri: str = param("", "MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI)", pipeline=True)
     serving_target: str = param("local", "local: predictor on 127.0.0.1; kserve: InferenceService", pipeline=True,
                                 choices=["local", "kserve"])
-    namespace: str = param("default", "kserve: namespace of the InferenceService")
+    namespace: str = param("ncf", "kserve: namespace of the InferenceService (manifests/ deploy into `ncf`)")
     inference_service: str = param("ncf-recommender", "kserve: InferenceService name (also the URL's model name)")
     storage_uri: str = param("", "kserve: package URI to serve (default: the champion's package in the artifact store)")
     runtime: str = param("ncf-predictor", "kserve: ServingRuntime to use; empty: a custom predictor container")

@@ -19,6 +19,7 @@ import math
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -247,8 +248,9 @@ def run(config: GateConfig) -> GateResult:
     previous = registry.alias_version(tracking_uri, config.model_name, registry.CHAMPION)
     packages = [challenger]
     if previous is not None:
-        champion_dir = registry.download_package(tracking_uri, config.model_name, str(previous.version))
-        packages.append(load_package(champion_dir))
+        with tempfile.TemporaryDirectory(prefix="ncf-champion-") as tmp:
+            packages.append(load_package(registry.download_package(tracking_uri, config.model_name,
+                                                                   str(previous.version), tmp)))
     scores, num_users = score_packages(packages, partition, config.gate_metric)
     chall, champ = scores[0], (scores[1] if previous is not None else None)
 

@@ -115,6 +115,8 @@ class EventModel:
         item_weight = np.arange(1, world.num_items + 1, dtype=np.float64) ** -ITEM_POPULARITY_EXPONENT
         self.item_cdf = _cdf(item_weight)
         topics = (hash_uniform(world.seed, self.item_by_rank, 1) * world.num_topics).astype(np.int64)
+        self.topic_of_item = np.empty(world.num_items, dtype=np.int64)
+        self.topic_of_item[self.item_by_rank] = topics
         # items grouped by topic (popularity order inside): one cumulative array serves every topic
         order = np.lexsort((np.arange(world.num_items), topics))
         self.topic_items = self.item_by_rank[order]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import shutil
 import sys
 import tempfile
@@ -31,7 +32,7 @@ if __package__ in (None, ""):  # `spark-submit spark/preprocess.py`: make the pr
 from ncf import storage
 from ncf.config import add_arguments, from_namespace, param
 from ncf.errors import UserError, exit_on_user_error
-from spark.readers import FORMATS, TIMESTAMP_UNITS, ColumnMapping, read_interactions
+from spark.readers import FORMATS, TIMESTAMP_UNITS, ColumnMapping, detect_format, read_interactions
 
 SCHEMA_VERSION = 1
 # Passes of the iterative minimum-interaction filter before giving up on an exact fixed point.
@@ -132,12 +133,12 @@ def filter_min_interactions(pairs, num_pairs: int, min_user: int, min_item: int,
     for passes in range(1, MAX_FILTER_PASSES + 1):
         if not rules:
             return pairs, passes - 1, num_pairs
-        keep = pairs
-        dropped = 0
+        keep, too_few = pairs, []
         for column, minimum in rules:
             counts = pairs.groupBy(column).agg(F.count(F.lit(1)).alias("n"))
-            dropped += counts.where(F.col("n") < minimum).count()
+            too_few.append(counts.where(F.col("n") < minimum).select(F.lit(column).alias("rule")))
             keep = keep.join(counts.where(F.col("n") >= minimum).select(column), column, "left_semi")
+        dropped = functools.reduce(lambda a, b: a.union(b), too_few).count()  # one job checks every rule
         if dropped == 0:
             return pairs, passes, num_pairs
         pairs = _checkpoint(keep, f"{scratch}/filtered-{passes}")
@@ -150,34 +151,46 @@ def filter_min_interactions(pairs, num_pairs: int, min_user: int, min_item: int,
     )
 
 
-def index_ids(pairs, column: str, idx_column: str, scratch: str, output: str) -> tuple[Any, int]:
-    """Write DataFrame[<column> string, <idx_column> int] to `output`: contiguous indices from 0 in a stable
-    id order; returns (the written map, its size).
+def index_ids(pairs, scratch: str, user_output: str, item_output: str) -> tuple[Any, int, Any, int]:
+    """Contiguous indices from 0 for users and items, written as the `user_map` / `item_map` tables.
 
-    Ids are ordered by (length, id), so numeric ids get their natural order. A distributed sort assigns
-    each Spark partition a contiguous range; each row's index is its partition's offset plus its position.
+    Returns (user_map, num_users, item_map, num_items). Ids are ordered by (length, id), so numeric ids keep
+    their natural order. One distributed sort over users-then-items gives every Spark partition a contiguous
+    range of that order; a row's global position is its partition's offset plus its position inside it
+    (nothing but one count per partition reaches the driver).
     """
     from pyspark.sql import functions as F
 
     spark = pairs.sparkSession
-    ordered = (
-        pairs.select(column)
-        .distinct()
-        .orderBy(F.length(column), F.col(column))
-        .select(column, F.spark_partition_id().alias("part"), F.monotonically_increasing_id().alias("mid"))
+    ids = pairs.select(F.lit(0).alias("kind"), F.col("user_id").alias("id")).union(
+        pairs.select(F.lit(1).alias("kind"), F.col("item_id").alias("id"))
     )
-    located = _checkpoint(ordered, f"{scratch}/{idx_column}-located")
-    sizes = sorted((row["part"], row["n"]) for row in located.groupBy("part").agg(F.count(F.lit(1)).alias("n")).collect())
+    ordered = (
+        ids.distinct()
+        .orderBy("kind", F.length("id"), "id")
+        .select("kind", "id", F.spark_partition_id().alias("part"), F.monotonically_increasing_id().alias("mid"))
+    )
+    located = _checkpoint(ordered, f"{scratch}/ids-located")
+    counts = located.groupBy("part", "kind").agg(F.count(F.lit(1)).alias("n")).collect()
+    sizes: dict[int, int] = {}
+    for row in counts:
+        sizes[row["part"]] = sizes.get(row["part"], 0) + row["n"]
+    num_users = sum(row["n"] for row in counts if row["kind"] == 0)
+    num_items = sum(row["n"] for row in counts if row["kind"] == 1)
     offsets, total = [], 0
-    for part, size in sizes:
+    for part in sorted(sizes):
         offsets.append((part, total))
-        total += size
+        total += sizes[part]
     offset_frame = spark.createDataFrame(offsets, "part int, offset long")
     position = F.col("mid") - F.shiftleft(F.col("part").cast("long"), 33)  # mid = part << 33 | position
-    indexed = located.join(F.broadcast(offset_frame), "part").select(
-        column, (F.col("offset") + position).cast("int").alias(idx_column)
-    )
-    return _checkpoint(indexed.coalesce(1), output), total
+    # users occupy global positions [0, num_users), items the rest
+    index = (F.col("offset") + position - F.col("kind") * num_users).cast("int")
+    indexed = located.join(F.broadcast(offset_frame), "part").select("kind", "id", index.alias("idx"))
+    maps = []
+    for kind, name, output in ((0, "user", user_output), (1, "item", item_output)):
+        table = indexed.where(F.col("kind") == kind).select(F.col("id").alias(f"{name}_id"), F.col("idx").alias(f"{name}_idx"))
+        maps.append(_checkpoint(table.coalesce(1), output))
+    return maps[0], num_users, maps[1], num_items
 
 
 def split_leave_one_out(interactions, num_items: int, num_negatives: int):
@@ -213,6 +226,8 @@ def run(config: PreprocessConfig) -> PreprocessResult:
     with contextlib.ExitStack() as stack:
         with stage("stage_input"):
             local_input = None if direct else stack.enter_context(storage.local_copy(config.input_uri))
+        if local_input is not None:  # fail on a bad format before paying for a Spark start
+            detect_format(local_input, config.input_format, config.input_uri)
         with stage("spark_start"):
             spark = get_spark(config.master, app_name="ncf-preprocess")
         scratch = stack.enter_context(_scratch(config.scratch_dir))
@@ -243,8 +258,7 @@ def run(config: PreprocessConfig) -> PreprocessResult:
                 f"(users >= {config.min_user_interactions}, items >= {config.min_item_interactions})"
             )
         with stage("index"):
-            user_map, num_users = index_ids(pairs, "user_id", "user_idx", scratch, f"{out}/user_map")
-            item_map, num_items = index_ids(pairs, "item_id", "item_idx", scratch, f"{out}/item_map")
+            user_map, num_users, item_map, num_items = index_ids(pairs, scratch, f"{out}/user_map", f"{out}/item_map")
             interactions = _checkpoint(
                 pairs.join(user_map, "user_id").join(item_map, "item_id").select("user_idx", "item_idx", "ts"),
                 f"{scratch}/interactions",

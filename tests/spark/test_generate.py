@@ -1,0 +1,76 @@
+"""Synthetic generator: deterministic, structured (tastes, power-law popularity), written by Spark."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ncf.errors import UserError
+from spark.generate import EVENT_TYPES, EventModel, GenerateConfig, resolve_sizes, run
+
+
+def _events(num_events=200_000, seed=7, **sizes):
+    world = resolve_sizes(GenerateConfig(output_uri="unused", num_events=num_events, seed=seed, **sizes))
+    return world, pd.DataFrame(EventModel(world).events(np.arange(num_events)))
+
+
+def test_event_is_a_pure_function_of_seed_and_id():
+    world, events = _events(50_000)
+    model = EventModel(world)
+    again = pd.DataFrame(model.events(np.arange(50_000)[::-1].copy())).iloc[::-1].reset_index(drop=True)
+    pd.testing.assert_frame_equal(events, again)
+    _, other_seed = _events(50_000, seed=8)
+    assert not events.equals(other_seed)
+
+
+def test_shape_of_the_log():
+    world, events = _events(200_000)
+    assert (world.num_users, world.num_items) == (3333, 1333)
+    assert set(events.event_type) == set(EVENT_TYPES)
+    shares = events.event_type.value_counts(normalize=True)
+    assert shares["view"] > shares["cart"] > shares["purchase"] > 0.01
+    span = events.ts.max() - events.ts.min()
+    assert 29 * 86_400 < span <= 30 * 86_400
+    assert events.user_id.between(0, world.num_users - 1).all() and events.item_id.between(0, world.num_items - 1).all()
+
+
+def test_power_law_popularity():
+    _, events = _events(200_000)
+    counts = events.item_id.value_counts().to_numpy()
+    top_1_percent = counts[: len(counts) // 100].sum() / counts.sum()
+    assert top_1_percent > 0.10  # uniform would be 0.01
+
+
+def test_users_have_tastes_a_model_can_learn():
+    # most of a user's events fall in three topics; a taste-less world would give about 3 / num_topics
+    world, events = _events(200_000)
+    events["topic"] = EventModel(world).topic_of_item[events.item_id]
+    top3_share = events.groupby("user_id").topic.apply(lambda t: t.value_counts().iloc[:3].sum() / len(t)).mean()
+    assert world.num_topics >= 8 and top3_share > 0.75
+
+
+def test_bad_sizes_are_user_errors():
+    with pytest.raises(UserError, match="--num-events 0: must be positive"):
+        resolve_sizes(GenerateConfig(output_uri="x", num_events=0))
+    with pytest.raises(UserError, match="--start-date"):
+        resolve_sizes(GenerateConfig(output_uri="x", start_date="01/02/2026"))
+
+
+@pytest.mark.spark
+def test_run_writes_the_same_log_whatever_the_partitioning(spark, tmp_path):
+    first = run(GenerateConfig(output_uri=str(tmp_path / "a"), num_events=20_000, num_files=1))
+    run(GenerateConfig(output_uri=str(tmp_path / "b"), num_events=20_000, num_files=3))
+    assert (tmp_path / "a" / "_SUCCESS").exists() and len(list((tmp_path / "b").glob("*.parquet"))) == 3
+    a = pd.read_parquet(tmp_path / "a").sort_values(["ts", "user_id", "item_id"]).reset_index(drop=True)
+    b = pd.read_parquet(tmp_path / "b").sort_values(["ts", "user_id", "item_id"]).reset_index(drop=True)
+    assert len(a) == 20_000 == first.num_events
+    assert list(a.columns) == ["user_id", "item_id", "event_type", "ts"]
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.spark
+def test_run_writes_jsonl(spark, tmp_path):
+    run(GenerateConfig(output_uri=str(tmp_path / "j"), num_events=1000, output_format="jsonl"))
+    files = list((tmp_path / "j").glob("*.jsonl"))
+    assert files and sum(len(pd.read_json(f, lines=True)) for f in files) == 1000

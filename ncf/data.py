@@ -60,7 +60,9 @@ def _column(table, name: str, uri: str, dtype) -> np.ndarray:
 
 def _id_lookup(table, id_col: str, idx_col: str, uri: str) -> np.ndarray:
     idx = _column(table, idx_col, uri, np.int64)
-    ids = np.asarray(table.column(id_col).to_pylist(), dtype=object)
+    if id_col not in table.column_names:
+        raise UserError(f"{uri}: missing column '{id_col}' (has {table.column_names})")
+    ids = table.column(id_col).to_numpy(zero_copy_only=False).astype(object)
     if len(idx) and (idx.min() != 0 or idx.max() != len(idx) - 1 or len(np.unique(idx)) != len(idx)):
         raise UserError(f"{uri}: {idx_col} is not contiguous from 0")
     lookup = np.empty(len(idx), dtype=object)
@@ -90,8 +92,7 @@ def load_partition(uri: str | Path) -> Partition:
     neg_order = np.argsort(neg_users, kind="stable")
     if not np.array_equal(neg_users[neg_order], test_users[order]):
         raise UserError(f"{uri}: test_negatives users do not match test users")
-    neg_lists = negatives.column("neg_items").to_pylist()
-    test_negatives = np.asarray([neg_lists[i] for i in neg_order], dtype=np.int32)
+    test_negatives = _negative_matrix(negatives, uri)[neg_order]
 
     partition = Partition(
         uri=uri,
@@ -107,6 +108,23 @@ def load_partition(uri: str | Path) -> Partition:
     )
     _check_ranges(partition)
     return partition
+
+
+def _negative_matrix(table, uri: str) -> np.ndarray:
+    """The `neg_items` list column as an int32 [rows, n] matrix (vectorized: no Python loop over users)."""
+    import pyarrow.compute as pc
+
+    if "neg_items" not in table.column_names:
+        raise UserError(f"{uri}: missing column 'neg_items' (has {table.column_names})")
+    lists = table.column("neg_items").combine_chunks()
+    if table.num_rows == 0:
+        return np.zeros((0, 0), dtype=np.int32)
+    if lists.null_count:
+        raise UserError(f"{uri}/test_negatives: neg_items has null lists")
+    lengths = pc.list_value_length(lists).to_numpy()
+    if lengths.min() != lengths.max():
+        raise UserError(f"{uri}/test_negatives: users have different numbers of negatives ({lengths.min()}..{lengths.max()})")
+    return lists.flatten().to_numpy().astype(np.int32).reshape(len(lengths), int(lengths[0]))
 
 
 def _check_ranges(p: Partition) -> None:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from pipelines import params as pipeline_params
 from pipelines import parity
 from pipelines.definition import AdapterError
 from pipelines.kfp_pipeline import KubernetesSettings, compile_ir
-from pipelines.sagemaker_pipeline import SageMakerSettings, definition_json
+from pipelines.sagemaker_pipeline import SageMakerSettings, definition_json, quiet_sdk_logs
 
 KFP_FILE = "ncf-pipeline.yaml"
 SAGEMAKER_FILE = "sagemaker-pipeline.json"
@@ -81,13 +79,6 @@ def settings_from_args(args: argparse.Namespace) -> tuple[KubernetesSettings, Sa
     return k8s, sm
 
 
-def _quiet_sagemaker() -> None:
-    """The SDK logs every field it drops from a definition and warns that nothing runs; neither is news here."""
-    for name in ("sagemaker", "sagemaker.core", "sagemaker.mlops", "sagemaker.serve", "sagemaker.config"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message="Running within a PipelineSession")
-
-
 def compile_all(
     output_dir: str | Path,
     overrides: dict[str, Any],
@@ -96,7 +87,7 @@ def compile_all(
 ) -> tuple[Path, Path]:
     """Compile both backends into `output_dir`; raises UserError (writing nothing) when they disagree."""
     k8s, sm = k8s or KubernetesSettings(), sm or SageMakerSettings()
-    _quiet_sagemaker()
+    quiet_sdk_logs(sm.region)
     output_dir = Path(output_dir)
     try:
         with tempfile.TemporaryDirectory() as tmp:

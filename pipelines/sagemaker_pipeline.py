@@ -15,6 +15,7 @@ output is deterministic.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -272,6 +273,7 @@ def _build_deploy(ctx: _Context, step: Step) -> list:
             instance_type=ctx.settings.endpoint_instance_type,
             dependencies={},
             env_vars={"MODEL_NAME": ctx.params["model_name"]},
+            log_level=logging.ERROR,  # its default is DEBUG on the SDK's own logger
         )
 
     register = ModelStep(
@@ -395,6 +397,21 @@ def build_pipeline(
         steps=top_level,
         sagemaker_session=ctx.session,
     )
+
+
+def quiet_sdk_logs(region: str = SageMakerSettings.region) -> None:
+    """The SDK logs every field it drops from a definition and warns that nothing runs; neither is news when
+    compiling. Call before building."""
+    import warnings
+
+    os.environ.setdefault("AWS_DEFAULT_REGION", region)
+    import sagemaker.mlops.workflow  # noqa: F401  (creates the SDK's loggers)
+    import sagemaker.serve  # noqa: F401
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("sagemaker"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="Running within a PipelineSession")
 
 
 def definition_json(settings: SageMakerSettings = SageMakerSettings(), **kwargs) -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import warnings
 
 import pytest
 
@@ -22,13 +20,10 @@ def kfp_ir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def sagemaker_json() -> str:
-    from pipelines.sagemaker_pipeline import definition_json
+    from pipelines.sagemaker_pipeline import definition_json, quiet_sdk_logs
 
-    for name in ("sagemaker", "sagemaker.core", "sagemaker.mlops", "sagemaker.serve"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return definition_json(overrides=OVERRIDES)
+    quiet_sdk_logs()
+    return definition_json(overrides=OVERRIDES)
 
 
 @pytest.fixture(scope="session")

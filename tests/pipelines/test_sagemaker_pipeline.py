@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import warnings
 
 import pytest
 
@@ -15,15 +13,6 @@ from pipelines.sagemaker_pipeline import SageMakerSettings, build_pipeline, defi
 from .conftest import OVERRIDES
 
 ROLE = "arn:aws:iam::123456789012:role/ncf-sagemaker-execution"
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    for name in ("sagemaker", "sagemaker.core", "sagemaker.mlops", "sagemaker.serve"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 def _steps(sm: dict) -> dict[str, dict]:

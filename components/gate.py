@@ -43,7 +43,7 @@ def gate(
         scores.log_metric("champion_" + result.gate_metric, result.champion_score)
     scores.log_metric("promoted", int(result.promoted))
     scores.log_metric("version", int(result.version))
-    scores.metadata.update({"reason": result.reason, "report_uri": result.report_uri})
+    report.metadata.update({"reason": result.reason, "report_uri": result.report_uri, "version": result.version})
     with open(report.path, "wb") as out:
         out.write(storage.read_bytes(storage.join(result.report_uri, "gate.html")))
     print(f"gate: {model_name} v{result.version} {'PROMOTED' if result.promoted else 'kept champion'}: {result.reason}")

@@ -104,16 +104,16 @@ def run_once(pipeline, arguments: dict[str, Any], pipeline_root: Path) -> RunSum
     if not (pre and train and gate):
         raise UserError(f"{run_dir}: a task wrote no executor_output.json")
     partition = _artifact_metadata(pre, "partition")
-    scores = _artifact_metadata(gate, "scores")
+    report = _artifact_metadata(gate, "report")
     deploy = _task_output(run_dir, "deploy")
     return RunSummary(
         run_date=partition["run_date"],
         partition_uri=partition["partition_uri"],
         model_uri=_artifact_metadata(train, "package")["model_uri"],
-        model_version=str(int(scores["version"])),
+        model_version=report["version"],
         promoted=bool(gate["parameterValues"]["Output"]),
-        reason=scores.get("reason", ""),
-        gate_report=scores.get("report_uri", ""),
+        reason=report["reason"],
+        gate_report=report["report_uri"],
         endpoint=deploy["parameterValues"]["Output"] if deploy else None,
         kfp_dir=run_dir,
         seconds=seconds,

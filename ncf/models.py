@@ -23,6 +23,24 @@ from ncf.errors import UserError
 MODEL_TYPES = ("GMF", "MLP", "NeuMF")
 
 
+class Dropout(nn.Dropout):
+    """`nn.Dropout` with a cheaper mask on CPU: 16-bit uniform draws, four per 64-bit random number.
+
+    CPU `bernoulli_` draws one Mersenne-Twister number per element and was ~60% of a batch-256 training step;
+    this keeps each unit with probability `1 - round(p * 2**16) / 2**16` (p within 1e-5) from the same global
+    generator, so seeding and checkpointed RNG state still make runs reproducible. On GPUs it is plain dropout.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu":
+            return super().forward(x)
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+        threshold = round(self.p * 65536) - 32768
+        keep = bits.view(torch.int16)[:n].view(x.shape) >= threshold
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
 def default_mlp_layers(factor_num: int, num_layers: int) -> tuple[int, ...]:
     """The paper's tower: input `factor_num * 2**num_layers`, halving down to `factor_num`."""
     return tuple(factor_num * 2 ** (num_layers - i) for i in range(num_layers + 1))
@@ -87,7 +105,7 @@ class NCF(nn.Module):
             self.embed_item_MLP = nn.Embedding(spec.num_items, layers[0] // 2)
             modules: list[nn.Module] = []
             for width_in, width_out in zip(layers[:-1], layers[1:], strict=True):
-                modules += [nn.Dropout(p=spec.dropout), nn.Linear(width_in, width_out), nn.ReLU()]
+                modules += [Dropout(p=spec.dropout), nn.Linear(width_in, width_out), nn.ReLU()]
             self.MLP_layers = nn.Sequential(*modules)
             predict_size += layers[-1]
         self.predict_layer = nn.Linear(predict_size, 1)

@@ -37,3 +37,38 @@ def make_partition(num_users: int = 30, num_items: int = 60, per_user: int = 10,
 @pytest.fixture
 def tiny_partition() -> Partition:
     return make_partition()
+
+
+def write_partition(partition: Partition, uri) -> str:
+    """Write `partition` per the partition contract (Parquet tables, stats.json, `_SUCCESS` last)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ncf import storage
+
+    with storage.staged_output(uri) as root:
+        tables = {
+            "train": {"user_idx": pa.array(partition.train_users, pa.int32()),
+                      "item_idx": pa.array(partition.train_items, pa.int32()),
+                      "ts": pa.array(partition.train_ts, pa.int64())},
+            "test": {"user_idx": pa.array(partition.test_users, pa.int32()),
+                     "item_idx": pa.array(partition.test_items, pa.int32())},
+            "test_negatives": {"user_idx": pa.array(partition.test_users, pa.int32()),
+                               "neg_items": pa.array(partition.test_negatives.tolist(), pa.list_(pa.int32()))},
+            "user_map": {"user_id": pa.array(partition.user_ids.tolist(), pa.string()),
+                         "user_idx": pa.array(np.arange(partition.num_users), pa.int32())},
+            "item_map": {"item_id": pa.array(partition.item_ids.tolist(), pa.string()),
+                         "item_idx": pa.array(np.arange(partition.num_items), pa.int32())},
+        }
+        for name, columns in tables.items():
+            (root / name).mkdir()
+            pq.write_table(pa.table(columns), root / name / "part-0.parquet")
+        storage.write_json(root / "stats.json", {**partition.stats, "schema_version": 1, "run_date": "2026-01-01",
+                                                  "num_train": int(partition.train_users.size)})
+    return str(uri)
+
+
+@pytest.fixture(scope="session")
+def tiny_partition_uri(tmp_path_factory) -> str:
+    return write_partition(make_partition(num_users=40, num_items=80, per_user=12),
+                           tmp_path_factory.mktemp("data") / "dt=2026-01-01")

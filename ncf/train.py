@@ -1,0 +1,488 @@
+"""Train GMF / MLP / NeuMF on a partition and export the model package (`ncfctl train`, also under torchrun).
+
+    ncfctl train --partition-uri runs/data/dt=2026-01-01 --output-uri runs/models/run-1
+    ncfctl train --preset seed ...                 # the seed system's hyperparameters and behaviour
+    torchrun --nproc-per-node 2 -m ncf.train ...   # DistributedDataParallel (gloo on CPU, nccl on GPU)
+
+The fast path is the only path: the training set lives as tensors on the device, each epoch draws its negatives
+exactly and vectorised (ncf/sampling.py), shuffles with one permutation and slices batches; no Dataset/DataLoader.
+Per epoch it prints the seed's metric line `HR=0.xxxx; NDCG=0.xxxx; Loss=0.xxxx;` (test set, sampled protocol,
+for the dashboards that scrape it) and checkpoints. With `patience > 0` the latest training interaction of each
+user is held out as a validation split; epochs (and early stopping) are chosen on it, never on the test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ncf import checkpoint, storage
+from ncf.config import add_arguments, from_namespace, param
+from ncf.errors import UserError, exit_on_user_error
+from ncf.evaluate import hit_ndcg, sampled_ranks
+from ncf.models import MODEL_TYPES, NCF, ModelSpec, build_model, neumf_from_pretrained
+from ncf.sampling import NegativeSampler, leave_last_out
+from ncf.scoring import ItemScorer
+
+# The seed system's run, reproduced by `--preset seed`.
+SEED_PRESET: dict[str, Any] = {
+    "epochs": 10, "lr": 0.001, "batch_size": 256, "top_k": 10, "dropout": 0.3, "factor_num": 32, "num_layers": 3,
+    "model": "NeuMF", "num_neg": 4, "weight_decay": 0.0, "patience": 0, "pretrain": False,
+}
+PRESETS = {"seed": SEED_PRESET}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    partition_uri: str = param(help="the dt=YYYY-MM-DD partition to train on (local path or s3://)")
+    output_uri: str = param(help="where the model package is published (local path or s3://)")
+    # The seed's hyperparameters, same names and meaning. Defaults: the recommended configuration (docs/training.md).
+    epochs: int = param(20, "maximum training epochs", pipeline=True)
+    lr: float = param(0.001, "Adam learning rate", pipeline=True)
+    batch_size: int = param(256, "training samples per step (per process under torchrun)", pipeline=True)
+    top_k: int = param(10, "K of HR@K / NDCG@K", pipeline=True)
+    dropout: float = param(0.3, "dropout before each MLP layer", pipeline=True)
+    factor_num: int = param(32, "predictive factors: GMF embedding size and the last MLP layer's width", pipeline=True)
+    num_layers: int = param(3, "MLP layers (each halves the width)", pipeline=True)
+    model: str = param("NeuMF", "model type", pipeline=True, choices=MODEL_TYPES)
+    tracking_uri: str = param("", "MLflow tracking URI; empty: no MLflow logging", pipeline=True)
+    experiment: str = param("ncf-train", "MLflow experiment name")
+    num_neg: int = param(4, "sampled negatives per training positive")
+    weight_decay: float = param(0.0, "L2 weight decay (Adam)")
+    pretrain: bool = param(False, "NeuMF only: train GMF and MLP first and initialise NeuMF from them (alpha 0.5)")
+    patience: int = param(3, "early stopping: epochs without validation improvement; 0: no validation split, "
+                             "train every epoch and keep the last")
+    preset: str = param("", "named hyperparameter set applied to fields left at their defaults", choices=("", *PRESETS))
+    mlp_layers: str = param("", "explicit MLP tower, e.g. 256,256,128,64 (input width first); overrides num_layers")
+    seed: int = param(42, "random seed (full determinism on CPU)")
+    device: str = param("auto", "auto (cuda when available), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    threads: int = param(0, "CPU threads per process; 0: 1 for batches <= 2048 (faster on small batches), else cores")
+    compile: bool = param(False, "torch.compile the model (GPU)")
+    resume: bool = param(False, "continue from the checkpoint of an interrupted run with the same settings")
+    checkpoint_uri: str = param("", "checkpoint directory; default: <output_uri>.checkpoint")
+    progress: str = param("auto", "progress bar: auto (when stderr is a terminal), on, off", choices=("auto", "on", "off"))
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model_uri: str
+    metrics: dict[str, Any]
+    mlflow_run_id: str = ""
+
+
+def apply_preset(config: TrainConfig) -> TrainConfig:
+    """Fill the preset's values into every field the user left at its default."""
+    if not config.preset:
+        return config
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    updates = {k: v for k, v in PRESETS[config.preset].items() if getattr(config, k) == defaults[k]}
+    return dataclasses.replace(config, **updates)
+
+
+def _validate(config: TrainConfig) -> None:
+    for name in ("epochs", "batch_size", "top_k", "factor_num", "num_layers", "num_neg"):
+        if getattr(config, name) <= 0:
+            raise UserError(f"{name}: must be positive, got {getattr(config, name)}")
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        raise UserError(f"lr: must be a positive number, got {config.lr}")
+    if config.weight_decay < 0 or config.patience < 0:
+        raise UserError("weight_decay and patience must be >= 0")
+    if config.pretrain and config.model != "NeuMF":
+        raise UserError(f"pretrain: only NeuMF is pretrained (from GMF + MLP), not {config.model}")
+
+
+def _mlp_layers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise UserError(f"mlp_layers: expected comma-separated integers, got {text!r}") from exc
+
+
+# ---- process setup ------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _setup_runtime(config: TrainConfig) -> _Runtime:
+    want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise UserError("device: cuda requested but no CUDA device is available")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if want_cuda else torch.device("cpu")
+    if want_cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    if device.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+        per_process = max(1, cores // local_world)
+        # Small batches are dominated by per-op overhead, where extra threads only add synchronisation (and
+        # on shared cores, oversubscription): measured 1 thread fastest up to batch 2048 (docs/training.md).
+        torch.set_num_threads(config.threads or (1 if config.batch_size <= 2048 else per_process))
+    return _Runtime(device, dist.get_rank() if dist.is_initialized() else 0, world_size)
+
+
+# ---- data ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Data:
+    users: torch.Tensor  # training positives (validation rows removed), on device
+    items: torch.Tensor
+    sampler: NegativeSampler  # negatives avoid exactly the training positives above
+    val_users: np.ndarray | None
+    val_items: np.ndarray | None
+    val_negatives: np.ndarray | None
+
+
+def _prepare_data(partition, config: TrainConfig, device: torch.device) -> _Data:
+    users, items = partition.train_users, partition.train_items
+    val_users = val_items = val_negatives = None
+    if config.patience > 0:
+        held_out = leave_last_out(users, items, partition.train_ts, partition.num_users)
+        if held_out.size == 0:
+            raise UserError(f"{partition.uri}: no user has 2+ training interactions to carve a validation split "
+                            "from; use --patience 0")
+        keep = np.ones(users.size, dtype=bool)
+        keep[held_out] = False
+        val_users, val_items = users[held_out], items[held_out]
+        # Validation negatives avoid everything known about the user (train, validation and test items), like the
+        # test negatives do; a separate generator keeps them independent of the training stream.
+        known = NegativeSampler(np.r_[users, partition.test_users], np.r_[items, partition.test_items],
+                                partition.num_users, partition.num_items)
+        num_neg = partition.test_negatives.shape[1] if partition.test_negatives.ndim == 2 else 99
+        num_neg = min(num_neg, int(known.num_unseen.min()))
+        generator = torch.Generator().manual_seed(config.seed + 1)
+        val_negatives = known.sample_distinct(torch.from_numpy(val_users.astype(np.int64)), num_neg, generator).numpy()
+        users, items = users[keep], items[keep]
+    sampler = NegativeSampler(users, items, partition.num_users, partition.num_items, device)
+    return _Data(torch.from_numpy(users.astype(np.int64)).to(device), torch.from_numpy(items.astype(np.int64)).to(device),
+                 sampler, val_users, val_items, val_negatives)
+
+
+# ---- one training stage (one model type) --------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _EpochRecord:
+    epoch: int
+    loss: float
+    hr: float
+    ndcg: float
+    val_hr: float | None = None
+    val_ndcg: float | None = None
+
+
+def _progress(config: TrainConfig, runtime: _Runtime, total: int, desc: str):
+    from tqdm import tqdm
+
+    enabled = {"on": True, "off": False}.get(config.progress, sys.stderr.isatty())
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=not (enabled and runtime.is_main))
+
+
+def _metric_line(hr: float, ndcg: float, loss: float) -> str:
+    """The seed's line, scraped by `HR=(.*?);`, `NDCG=(.*?);`, `Loss=(.*?);` -- keep it byte-compatible."""
+    return f"HR={hr:.4f}; NDCG={ndcg:.4f}; Loss={loss:.4f};"
+
+
+def _sampled(scorer: ItemScorer, users, items, negatives, k: int) -> tuple[float, float]:
+    hit, ndcg = hit_ndcg(sampled_ranks(scorer, users, items, negatives), k)
+    return float(hit.mean()), float(ndcg.mean())
+
+
+def _after_epoch(stage: str, epoch: int) -> None:
+    """Hook called after each epoch's checkpoint is written (tests use it to simulate a killed run)."""
+
+
+def _stage_seed(stage: str, seed: int) -> int:
+    return seed + 1000 * (1 + MODEL_TYPES.index(stage))
+
+
+def _init_model(spec: ModelSpec, model_type: str, seed: int) -> NCF:
+    """A freshly initialised model; each stage seeds its own RNG so a resumed run rebuilds it identically."""
+    torch.manual_seed(_stage_seed(model_type, seed))
+    return build_model(dataclasses.replace(spec, model_type=model_type))
+
+
+def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainConfig, runtime: _Runtime,
+                 ckpt_dir: str, fingerprint: str, logger) -> tuple[NCF, list[_EpochRecord], dict[str, Any]]:
+    """Train `model` for up to config.epochs; returns the selected model, its history and summary numbers."""
+    device = runtime.device
+    model.to(device)
+    fused = device.type in ("cuda", "cpu")
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+    generator = torch.Generator(device=device).manual_seed(_stage_seed(stage, config.seed))
+    torch.manual_seed(_stage_seed(stage, config.seed) + 1)  # dropout's stream (restored below when resuming)
+    train_module: torch.nn.Module = model
+    if runtime.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(train_module) if config.compile else train_module
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    ckpt_uri = storage.join(ckpt_dir, f"{stage}.pt")
+    history: list[_EpochRecord] = []
+    best = {"score": -1.0, "epoch": 0, "state": None, "bad_epochs": 0}
+    start_epoch = 0
+    state = checkpoint.load(ckpt_uri, fingerprint) if config.resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.restore_rng(state["rng"], generator)
+        history = [_EpochRecord(**r) for r in state["history"]]
+        best = state["best"]
+        start_epoch = state["epoch"]
+        if runtime.is_main:
+            print(f"[{stage}] resuming after epoch {start_epoch} from {ckpt_uri}", file=sys.stderr, flush=True)
+
+    n_pos = data.users.numel()
+    labels = torch.cat([torch.ones(n_pos, device=device), torch.zeros(n_pos * config.num_neg, device=device)])
+    neg_users = data.users.repeat_interleave(config.num_neg)
+    epoch_users = torch.cat([data.users, neg_users])
+    per_rank = labels.numel() // runtime.world_size
+    steps = math.ceil(per_rank / config.batch_size)
+    started = time.perf_counter()
+    samples_done, train_seconds = 0, 0.0
+    for epoch in range(start_epoch, config.epochs):
+        if state is not None and state.get("stopped"):
+            break
+        model.train()
+        epoch_started = time.perf_counter()
+        negatives = data.sampler.sample(neg_users, 1, generator).view(-1)
+        perm = torch.randperm(labels.numel(), device=device, generator=generator)
+        lo = runtime.rank * per_rank
+        shard = perm[lo:lo + per_rank]
+        users, items, targets = epoch_users[shard], torch.cat([data.items, negatives])[shard], labels[shard]
+        loss_sum = torch.zeros((), device=device)
+        with _progress(config, runtime, steps, f"{stage} epoch {epoch + 1}/{config.epochs}") as bar:
+            for start in range(0, per_rank, config.batch_size):
+                u, i, y = (t[start:start + config.batch_size] for t in (users, items, targets))
+                with autocast:
+                    logits = forward(u, i)
+                loss = loss_fn(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach() * y.numel()
+                bar.update()
+        samples_done += per_rank * runtime.world_size
+        if runtime.distributed:
+            dist.all_reduce(loss_sum)
+        epoch_loss = float(loss_sum) / (per_rank * runtime.world_size)  # the epoch's one host sync
+        train_seconds += time.perf_counter() - epoch_started
+        if not math.isfinite(epoch_loss):
+            raise UserError(f"[{stage}] epoch {epoch + 1}: training loss is {epoch_loss}; lower --lr "
+                            f"(now {config.lr}) or check the input data")
+
+        stop = torch.zeros(1, device=device)
+        if runtime.is_main:
+            model.eval()
+            scorer = ItemScorer(model)
+            hr, ndcg = _sampled(scorer, partition.test_users, partition.test_items, partition.test_negatives,
+                                config.top_k)
+            record = _EpochRecord(epoch + 1, epoch_loss, hr, ndcg)
+            if data.val_users is not None:
+                record.val_hr, record.val_ndcg = _sampled(scorer, data.val_users, data.val_items,
+                                                          data.val_negatives, config.top_k)
+                if record.val_ndcg > best["score"]:
+                    best.update(score=record.val_ndcg, epoch=epoch + 1, bad_epochs=0,
+                                state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+                else:
+                    best["bad_epochs"] += 1
+                stop[0] = float(best["bad_epochs"] >= config.patience)
+            history.append(record)
+            print(_metric_line(hr, ndcg, epoch_loss), flush=True)
+            validation = (f" validation hr@{config.top_k}={record.val_hr:.4f} ndcg@{config.top_k}={record.val_ndcg:.4f}"
+                          if record.val_hr is not None else "")
+            print(f"[{stage}] epoch {epoch + 1}/{config.epochs} {time.perf_counter() - started:.1f}s{validation}",
+                  file=sys.stderr, flush=True)
+            logger.log_epoch(stage, record)
+        if runtime.distributed:
+            dist.broadcast(stop, 0)
+        stopped = bool(stop.item())
+        if runtime.is_main:
+            checkpoint.save(ckpt_uri, {
+                "fingerprint": fingerprint, "config": dataclasses.asdict(config), "stage": stage, "epoch": epoch + 1,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": checkpoint.rng_state(generator), "history": [dataclasses.asdict(r) for r in history],
+                "best": best, "stopped": stopped})
+        _after_epoch(stage, epoch + 1)
+        if stopped:
+            if runtime.is_main:
+                print(f"[{stage}] early stop: no validation gain for {config.patience} epochs; best epoch "
+                      f"{best['epoch']}", file=sys.stderr, flush=True)
+            break
+    if runtime.distributed:
+        # Rank 0 holds the selected weights; every rank leaves the stage with the same model.
+        dist.barrier()
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    if runtime.distributed:
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, 0)
+    summary = {"best_epoch": best["epoch"] if best["state"] is not None else (history[-1].epoch if history else 0),
+               "epochs_trained": history[-1].epoch if history else start_epoch,
+               "samples_per_second": samples_done / train_seconds if train_seconds > 0 else 0.0}
+    return model, history, summary
+
+
+# ---- MLflow ---------------------------------------------------------------------------------------------------
+
+class _Logger:
+    """MLflow logging on the main process when a tracking URI is configured; a no-op otherwise."""
+
+    def __init__(self, config: TrainConfig, runtime: _Runtime):
+        self.active = bool(config.tracking_uri) and runtime.is_main
+        self.run_id = ""
+        self.final_stage = config.model
+        if not self.active:
+            return
+        import mlflow
+
+        self.mlflow = mlflow
+        try:
+            mlflow.set_tracking_uri(config.tracking_uri)
+            mlflow.set_experiment(config.experiment)
+            run = mlflow.start_run(run_name=storage.join(config.output_uri).rstrip("/").rsplit("/", 1)[-1])
+        except Exception as exc:  # MLflow raises many types for unreachable / misconfigured stores
+            raise UserError(f"tracking_uri {config.tracking_uri}: cannot start an MLflow run ({exc})") from exc
+        self.run_id = run.info.run_id
+        mlflow.log_params({k: v for k, v in dataclasses.asdict(config).items() if k not in ("tracking_uri",)})
+
+    def log_epoch(self, stage: str, record: _EpochRecord) -> None:
+        if not self.active:
+            return
+        prefix = "" if stage == self.final_stage else f"{stage.lower()}_"
+        values = {f"{prefix}hr": record.hr, f"{prefix}ndcg": record.ndcg, f"{prefix}loss": record.loss}
+        if record.val_hr is not None:
+            values.update({f"{prefix}val_hr": record.val_hr, f"{prefix}val_ndcg": record.val_ndcg})
+        self.mlflow.log_metrics(values, step=record.epoch)
+
+    def finish(self, metrics: dict[str, Any], package_dir: Path | None, model_uri: str) -> None:
+        if not self.active:
+            return
+        self.mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()
+                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        self.mlflow.set_tag("model_uri", model_uri)
+        if package_dir is not None:
+            self.mlflow.log_artifacts(str(package_dir), "package")
+
+    def close(self, failed: bool) -> None:
+        if self.active:
+            self.mlflow.end_run(status="FAILED" if failed else "FINISHED")
+
+
+# ---- the step -------------------------------------------------------------------------------------------------
+
+def _fingerprint(config: TrainConfig, partition, world_size: int) -> str:
+    ignore = {"output_uri", "checkpoint_uri", "resume", "tracking_uri", "experiment", "threads", "progress", "device"}
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignore}
+    values.update(partition_uri=partition.uri, num_train=int(partition.train_users.size),
+                  num_users=partition.num_users, num_items=partition.num_items, world_size=world_size)
+    return checkpoint.fingerprint(values)
+
+
+def run(config: TrainConfig) -> TrainResult:
+    from ncf.data import load_partition
+    from ncf.evaluate import evaluate
+    from ncf.package import package_tables, write_package
+
+    config = apply_preset(config)
+    _validate(config)
+    runtime = _setup_runtime(config)
+    partition = load_partition(config.partition_uri)
+    data = _prepare_data(partition, config, runtime.device)
+    spec = ModelSpec(config.model, partition.num_users, partition.num_items, config.factor_num, config.num_layers,
+                     config.dropout, _mlp_layers(config.mlp_layers))
+    ckpt_dir = config.checkpoint_uri or storage.join(config.output_uri).rstrip("/") + ".checkpoint"
+    fingerprint = _fingerprint(config, partition, runtime.world_size)
+    logger = _Logger(config, runtime)
+    failed = True
+    try:
+        started = time.perf_counter()
+        if config.pretrain:
+            gmf, _, _ = _train_stage("GMF", _init_model(spec, "GMF", config.seed), data, partition, config, runtime,
+                                     ckpt_dir, fingerprint, logger)
+            mlp, _, _ = _train_stage("MLP", _init_model(spec, "MLP", config.seed), data, partition, config, runtime,
+                                     ckpt_dir, fingerprint, logger)
+            model = neumf_from_pretrained(gmf.cpu(), mlp.cpu(), dropout=config.dropout)
+        else:
+            model = _init_model(spec, config.model, config.seed)
+        model, history, summary = _train_stage(config.model, model, data, partition, config, runtime, ckpt_dir,
+                                               fingerprint, logger)
+        summary["train_seconds"] = time.perf_counter() - started
+        model_uri = storage.join(config.output_uri)
+        metrics: dict[str, Any] = {}
+        if runtime.is_main:
+            result = evaluate(model.eval(), partition, config.top_k)
+            model = model.cpu()
+            selected = next((r for r in history if r.epoch == summary["best_epoch"]), history[-1] if history else None)
+            metrics = {**result.metrics(), "loss": selected.loss if selected else float("nan"),
+                       "epochs": summary["epochs_trained"], "best_epoch": summary["best_epoch"],
+                       "train_seconds": round(summary["train_seconds"], 3),
+                       "samples_per_second": round(summary["samples_per_second"], 1), "model_type": config.model}
+            if selected is not None and selected.val_hr is not None:
+                metrics.update({f"val_hr@{config.top_k}": selected.val_hr, f"val_ndcg@{config.top_k}": selected.val_ndcg})
+            if history and selected is not history[-1]:
+                print(_metric_line(metrics[f"hr@{config.top_k}"], metrics[f"ndcg@{config.top_k}"], metrics["loss"]),
+                      flush=True)
+            hyperparameters = {k: v for k, v in dataclasses.asdict(config).items()
+                               if k not in ("partition_uri", "output_uri", "tracking_uri", "checkpoint_uri", "resume",
+                                            "progress")}
+            with storage.staged_output(model_uri) as tmp:
+                write_package(tmp, model, metrics=metrics, hyperparameters=hyperparameters,
+                              extra={"partition_uri": partition.uri, "mlflow_run_id": logger.run_id,
+                                     "run_date": partition.stats.get("run_date", "")},
+                              **package_tables(partition))
+                logger.finish(metrics, tmp, model_uri)
+            print(f"model package: {model_uri}  full-ranking hr@{config.top_k}="
+                  f"{metrics[f'full_hr@{config.top_k}']:.4f} ndcg@{config.top_k}="
+                  f"{metrics[f'full_ndcg@{config.top_k}']:.4f}", file=sys.stderr, flush=True)
+        if runtime.distributed:
+            dist.barrier()
+        failed = False
+        return TrainResult(model_uri, metrics, logger.run_id)
+    finally:
+        logger.close(failed)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ncfctl train", description=__doc__.split("\n\n")[0])
+    add_arguments(parser, TrainConfig)
+    config = from_namespace(TrainConfig, parser.parse_args(argv))
+    try:
+        run(config)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from ncf import train
+from ncf.errors import UserError
+from ncf.package import load_package
+from ncf.train import TrainConfig, apply_preset, main, run
+
+from .conftest import make_partition, write_partition
+
+SEED_REGEXES = [r"HR=(.*?);", r"NDCG=(.*?);", r"Loss=(.*?);"]  # the seed dashboard's metric definitions
+FAST = ["--epochs", "3", "--batch-size", "64", "--factor-num", "8", "--num-layers", "2", "--progress", "off"]
+
+
+def _config(partition_uri, output, **overrides) -> TrainConfig:
+    values = dict(partition_uri=partition_uri, output_uri=str(output), epochs=3, batch_size=64, factor_num=8,
+                  num_layers=2, patience=2, progress="off")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _weights(uri):
+    return load_package(uri).model.state_dict()
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_cli_prints_seed_metric_lines_and_exports_a_package(tiny_partition_uri, tmp_path, capsys):
+    out = tmp_path / "models" / "run-1"
+    assert main(["--partition-uri", tiny_partition_uri, "--output-uri", str(out), "--patience", "0", *FAST]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        assert re.fullmatch(r"HR=0\.\d{4}; NDCG=0\.\d{4}; Loss=\d+\.\d{4};", line)
+        assert all(0 <= float(re.search(rx, line).group(1)) for rx in SEED_REGEXES)
+    pkg = load_package(out)
+    assert pkg.config["model_type"] == "NeuMF" and pkg.config["hyperparameters"]["epochs"] == 3
+    assert {"hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10", "loss", "epochs"} <= set(pkg.metrics)
+    assert pkg.metrics["epochs"] == 3
+    assert (tmp_path / "models" / "run-1.checkpoint" / "NeuMF.pt").exists()
+
+
+def test_seed_preset_fills_only_defaulted_fields():
+    config = apply_preset(TrainConfig(partition_uri="p", output_uri="o", preset="seed", epochs=4))
+    assert (config.epochs, config.lr, config.batch_size, config.dropout, config.factor_num, config.num_layers,
+            config.top_k, config.patience) == (4, 0.001, 256, 0.3, 32, 3, 10, 0)
+
+
+def test_pipeline_parameters_are_the_seed_hyperparameters_plus_model_and_tracking():
+    from ncf.config import pipeline_fields
+
+    assert [f.name for f in pipeline_fields(TrainConfig)] == [
+        "epochs", "lr", "batch_size", "top_k", "dropout", "factor_num", "num_layers", "model", "tracking_uri"]
+
+
+def test_same_seed_same_model(tiny_partition_uri, tmp_path):
+    a = run(_config(tiny_partition_uri, tmp_path / "a", model="MLP"))
+    b = run(_config(tiny_partition_uri, tmp_path / "b", model="MLP"))
+    _assert_same_weights(_weights(a.model_uri), _weights(b.model_uri))
+    assert a.metrics["hr@10"] == b.metrics["hr@10"]
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("pretrain, kill_at", [(False, ("NeuMF", 2)), (True, ("MLP", 1))])
+def test_resume_after_kill_is_bit_identical(tiny_partition_uri, tmp_path, monkeypatch, pretrain, kill_at):
+    config = _config(tiny_partition_uri, tmp_path / "full", pretrain=pretrain, epochs=3, patience=5)
+    full = run(config)
+
+    def kill(stage, epoch):
+        if (stage, epoch) == kill_at:
+            raise _Killed
+
+    killed = _config(tiny_partition_uri, tmp_path / "resumed", pretrain=pretrain, epochs=3, patience=5)
+    monkeypatch.setattr(train, "_after_epoch", kill)
+    with pytest.raises(_Killed):
+        run(killed)
+    assert not (tmp_path / "resumed").exists()  # nothing half-written
+    monkeypatch.undo()
+    resumed = run(TrainConfig(**{**killed.__dict__, "resume": True}))
+    _assert_same_weights(_weights(full.model_uri), _weights(resumed.model_uri))
+    for key in ("hr@10", "ndcg@10", "full_hr@10", "loss", "best_epoch", "val_ndcg@10"):
+        assert full.metrics[key] == resumed.metrics[key], key
+
+
+def test_resume_with_a_different_config_is_refused(tiny_partition_uri, tmp_path):
+    run(_config(tiny_partition_uri, tmp_path / "m", epochs=1))
+    with pytest.raises(UserError, match="different configuration"):
+        run(_config(tiny_partition_uri, tmp_path / "m", epochs=1, lr=0.01, resume=True))
+
+
+def test_early_stopping_selects_on_validation(tiny_partition_uri, tmp_path, capsys):
+    result = run(_config(tiny_partition_uri, tmp_path / "m", epochs=30, patience=1, lr=0.05))
+    assert result.metrics["epochs"] < 30
+    assert 1 <= result.metrics["best_epoch"] <= result.metrics["epochs"]
+    assert "val_ndcg@10" in result.metrics
+    assert "early stop" in capsys.readouterr().err
+
+
+def test_pretrained_neumf(tiny_partition_uri, tmp_path, capsys):
+    result = run(_config(tiny_partition_uri, tmp_path / "m", epochs=1, pretrain=True))
+    assert load_package(result.model_uri).config["model_type"] == "NeuMF"
+    err = capsys.readouterr().err
+    assert "[GMF] epoch 1/1" in err and "[MLP] epoch 1/1" in err and "[NeuMF] epoch 1/1" in err
+
+
+def test_mlflow_logging(tiny_partition_uri, tmp_path):
+    import mlflow
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run(_config(tiny_partition_uri, tmp_path / "m", epochs=2, tracking_uri=tracking, experiment="t"))
+    client = mlflow.MlflowClient(tracking)
+    mlflow_run = client.get_run(result.mlflow_run_id)
+    assert mlflow_run.data.params["lr"] == "0.001"
+    assert [m.step for m in client.get_metric_history(result.mlflow_run_id, "hr")] == [1, 2]
+    assert mlflow_run.data.metrics["full_hr_at_10"] == pytest.approx(result.metrics["full_hr@10"])
+    artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id, "package")}
+    assert "package/weights.safetensors" in artifacts
+    assert load_package(result.model_uri).config["mlflow_run_id"] == result.mlflow_run_id
+
+
+def test_missing_or_incomplete_partition(tmp_path, tiny_partition, capsys):
+    out = tmp_path / "models" / "m"
+    assert main(["--partition-uri", str(tmp_path / "none"), "--output-uri", str(out), *FAST]) == 2
+    assert "no such partition" in capsys.readouterr().err
+    uri = write_partition(tiny_partition, tmp_path / "dt=2026-01-02")
+    (tmp_path / "dt=2026-01-02" / "_SUCCESS").unlink()
+    assert main(["--partition-uri", uri, "--output-uri", str(out), *FAST]) == 2
+    assert "incomplete" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_out_of_range_indices_are_refused(tmp_path, capsys):
+    partition = make_partition()
+    partition.train_items[5] = partition.num_items + 3
+    uri = write_partition(partition, tmp_path / "dt=2026-01-03")
+    assert main(["--partition-uri", uri, "--output-uri", str(tmp_path / "m"), *FAST]) == 2
+    assert "train.item_idx out of range" in capsys.readouterr().err
+
+
+def test_diverging_loss_is_a_clear_error(tiny_partition_uri, tmp_path, capsys):
+    code = main(["--partition-uri", tiny_partition_uri, "--output-uri", str(tmp_path / "m"), *FAST,
+                 "--lr", "1e38", "--patience", "0"])
+    assert code == 2
+    assert re.search(r"training loss is (nan|inf); lower --lr", capsys.readouterr().err)
+    assert not (tmp_path / "m").exists()
+
+
+def test_bad_hyperparameters(tiny_partition_uri, tmp_path, capsys):
+    assert main(["--partition-uri", tiny_partition_uri, "--output-uri", str(tmp_path / "m"), "--batch-size", "0"]) == 2
+    assert "batch_size: must be positive" in capsys.readouterr().err
+    with pytest.raises(UserError, match="only NeuMF"):
+        run(_config(tiny_partition_uri, tmp_path / "m", model="GMF", pretrain=True))
+
+
+def test_metrics_json_matches_result(tiny_partition_uri, tmp_path):
+    result = run(_config(tiny_partition_uri, tmp_path / "m", epochs=1, model="GMF"))
+    on_disk = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert on_disk["hr@10"] == result.metrics["hr@10"]
+    assert np.isclose(on_disk["full_ndcg@10"], result.metrics["full_ndcg@10"])

@@ -4,8 +4,8 @@
       runs the step, writes DIR/partition.json {"partition_uri", "run_date"} (read by a PropertyFile)
   python -m pipelines.sagemaker_entry train
       SageMaker's training-container contract (the image runs `train`): reads the hyperparameters file,
-      trains, prints `HR=...; NDCG=...; Loss=...;` for the metric definitions, copies the package to
-      /opt/ml/model so SageMaker's model artifact is the package
+      trains (ncf.train prints `HR=...; NDCG=...; Loss=...;` per epoch for the metric definitions), copies the
+      package to /opt/ml/model so SageMaker's model artifact is the package
   python -m pipelines.sagemaker_entry gate --evaluation-dir DIR <GateConfig flags>
       runs the gate, writes DIR/evaluation.json {"promoted", "reason", ...} (read by a PropertyFile)
 """
@@ -70,11 +70,8 @@ def train(argv: list[str]) -> int:
     parser.add_argument("--hyperparameters", default=HYPERPARAMETERS)
     parser.add_argument("--model-dir", default=MODEL_DIR)
     args = parser.parse_args(argv)
-    config = train_config_from_hyperparameters(storage.read_json(args.hyperparameters))
-    result = run(config)
-    metrics = result.metrics
-    k = config.top_k
-    print(f"HR={metrics[f'hr@{k}']:.6f}; NDCG={metrics[f'ndcg@{k}']:.6f}; Loss={metrics['loss']:.6f};", flush=True)
+    # ncf.train prints `HR=...; NDCG=...; Loss=...;` every epoch: the metric definitions scrape those lines.
+    result = run(train_config_from_hyperparameters(storage.read_json(args.hyperparameters)))
     with storage.local_copy(result.model_uri) as package:
         shutil.copytree(package, args.model_dir, dirs_exist_ok=True)
     return 0

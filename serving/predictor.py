@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ DEFAULT_MODEL_DIR = "/mnt/models"
 RECOMMENDATIONS = Counter("ncf_recommendations", "Recommendation lists served, by kind (model or popularity fallback)",
                           ["model_name", "kind"])
 INVALID_REQUESTS = Counter("ncf_invalid_requests", "Requests rejected with 400 (invalid input)", ["model_name"])
+_SCORING_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ncf-scoring")
 LOADS = Counter("ncf_model_loads", "Model (re)loads, by outcome", ["model_name", "outcome"])
 
 
@@ -105,21 +107,23 @@ class NCFModel(Model):
         return self.ready
 
     # ---- inference ---------------------------------------------------------------------------------------------
-    def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None,
-                response_headers: dict[str, str] | None = None) -> dict | InferResponse:
+    async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> dict | InferResponse:
         try:
             if isinstance(payload, InferRequest):
-                return self._predict_v2(payload)
+                return await self._predict_v2(payload)
             if not isinstance(payload, dict) or "instances" not in payload:
                 raise RequestError('request body: expected a JSON object {"instances": [...]}')
-            recs = self._recommend(self.recommender.parse_instances(payload["instances"]))
+            recs = await self._recommend(self.recommender.parse_instances(payload["instances"]))
             return {"predictions": [r.to_dict() for r in recs], "model_version": self.version}
         except RequestError as exc:
             INVALID_REQUESTS.labels(self.name).inc()
             raise InvalidInput(str(exc)) from exc
 
-    def _recommend(self, queries):
-        recs = self.recommender.recommend(queries)
+    async def _recommend(self, queries):
+        # The forward runs on one scoring thread (torch releases the GIL), so the event loop parses and
+        # answers other requests meanwhile: HTTP work and scoring overlap when the pod has a second core.
+        recs = await asyncio.get_running_loop().run_in_executor(_SCORING_THREAD, self.recommender.recommend, queries)
         fallbacks = sum(r.fallback for r in recs)
         if fallbacks:
             RECOMMENDATIONS.labels(self.name, "fallback").inc(fallbacks)
@@ -127,7 +131,7 @@ class NCFModel(Model):
             RECOMMENDATIONS.labels(self.name, "model").inc(len(recs) - fallbacks)
         return recs
 
-    def _predict_v2(self, request: InferRequest) -> InferResponse:
+    async def _predict_v2(self, request: InferRequest) -> InferResponse:
         names = [i.name for i in request.inputs]
         unknown = sorted(set(names) - {"user_id", "k", "exclude_seen"})
         if unknown:
@@ -144,7 +148,7 @@ class NCFModel(Model):
         excludes = _column(request, "exclude_seen", len(users)) or [True] * len(users)
         queries = [self.recommender.query(u, k, e, where=f"inputs[{i}]")
                    for i, (u, k, e) in enumerate(zip(users, ks, excludes, strict=True))]
-        recs = self._recommend(queries)
+        recs = await self._recommend(queries)
         width = max(len(r.item_ids) for r in recs)
         # Rows are padded to one width only when exclude_seen left a user fewer than k items ("" / NaN).
         ids = [r.item_ids + [""] * (width - len(r.item_ids)) for r in recs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,10 @@ def test_loads_a_package_from_s3(s3_bucket):
     uri = make_package(f"s3://{s3_bucket}/models/run-1", partition, oracle_model(partition, 0.0))
     model = NCFModel("ncf", uri)
     assert model.load() and model.ready
-    (pred,) = model.predict({"instances": [{"user_id": "u2", "k": 1}]})["predictions"]
+    (pred,) = asyncio.run(model.predict({"instances": [{"user_id": "u2", "k": 1}]}))["predictions"]
     assert pred["item_ids"] == [f"i{partition.test_items[2]}"]  # the oracle ranks the held-out item first
     with pytest.raises(InvalidInput, match="instances"):
-        model.predict({"instances": {}})
+        asyncio.run(model.predict({"instances": {}}))
 
 
 def test_registry_source_needs_a_tracking_uri(monkeypatch):

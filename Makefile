@@ -44,10 +44,13 @@ compile: setup
 bench: setup java
 	$(VENV)/bin/ncfctl bench all
 
+# Tags match what the compiled pipeline and the manifests name (pipelines/images.py).
+NCF_IMAGE_REGISTRY ?= ghcr.io/ncf-platform
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 images:
-	docker build -f docker/pipeline.Dockerfile -t ncf-platform/pipeline:0.1.0 .
-	docker build -f docker/train-cuda.Dockerfile -t ncf-platform/train-cuda:0.1.0 .
-	docker build -f docker/serving.Dockerfile -t ncf-platform/serving:0.1.0 .
+	for name in pipeline train-cuda serving; do \
+	  docker build -f docker/$$name.Dockerfile -t $(NCF_IMAGE_REGISTRY)/$$name:$(VERSION) . || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) dist .pytest_cache runs

@@ -79,12 +79,18 @@ DOCKERFILES = {name: parse(DOCKER / f"{name}.Dockerfile") for name in IMAGES}
 
 
 def test_the_makefile_images_target_builds_exactly_these_files():
-    makefile = (REPO_ROOT / "Makefile").read_text()
-    built = set(re.findall(r"docker build -f docker/([\w-]+)\.Dockerfile", makefile))
-    assert built == set(IMAGES)
     from pipelines import images
 
-    assert set(images.NAMES) == set(IMAGES)
+    # `make -n` expands the loop as the shell would see it; run it through bash with `docker` echoed.
+    recipe = subprocess.run(["make", "-n", "images"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    commands = subprocess.run(
+        ["bash", "-c", "docker() { echo docker \"$@\"; }\n" + recipe.stdout],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    built = dict(re.findall(r"docker build -f docker/([\w-]+)\.Dockerfile -t (\S+) \.", commands))
+    assert set(built) == set(IMAGES) == set(images.NAMES)
+    for name, tag in built.items():
+        assert tag == images.image(name), "make images tags what the pipeline and manifests reference"
 
 
 @pytest.mark.skipif(not HADOLINT.exists() and shutil.which("hadolint") is None, reason="hadolint not installed")

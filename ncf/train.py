@@ -213,8 +213,9 @@ def _sampled(scorer: ItemScorer, users, items, negatives, k: int) -> tuple[float
     return float(hit.mean()), float(ndcg.mean())
 
 
-def _after_epoch(stage: str, epoch: int) -> None:
-    """Hook called after each epoch's checkpoint is written (tests use it to simulate a killed run)."""
+def _after_epoch(stage: str, epoch: int, record: _EpochRecord | None) -> None:
+    """Hook called after each epoch's checkpoint is written (tests simulate a killed run with it, the benchmark
+    times epochs); `record` is None on ranks other than 0."""
 
 
 def _stage_seed(stage: str, seed: int) -> int:
@@ -225,6 +226,52 @@ def _init_model(spec: ModelSpec, model_type: str, seed: int) -> NCF:
     """A freshly initialised model; each stage seeds its own RNG so a resumed run rebuilds it identically."""
     torch.manual_seed(_stage_seed(model_type, seed))
     return build_model(dataclasses.replace(spec, model_type=model_type))
+
+
+class EpochRunner:
+    """One training epoch: exact negatives, one permutation, sliced batches (the trainer's only data path).
+
+    `users` / `items` are the training positives on the device. The loss is accumulated on the device, so a
+    step never waits for the host; under DDP each rank takes an equal, disjoint shard of the permutation.
+    """
+
+    def __init__(self, forward, optimizer: torch.optim.Optimizer, users: torch.Tensor, items: torch.Tensor,
+                 sampler: NegativeSampler, num_neg: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        self.forward, self.optimizer = forward, optimizer
+        self.device = users.device
+        self.items, self.sampler, self.batch_size = items, sampler, batch_size
+        n_pos = users.numel()
+        self.labels = torch.cat([torch.ones(n_pos, device=self.device),
+                                 torch.zeros(n_pos * num_neg, device=self.device)])
+        self.neg_users = users.repeat_interleave(num_neg)
+        self.epoch_users = torch.cat([users, self.neg_users])
+        self.samples_per_rank = self.labels.numel() // world_size
+        self.offset = rank * self.samples_per_rank
+        self.steps = math.ceil(self.samples_per_rank / batch_size)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                         else contextlib.nullcontext())
+        self.loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def run(self, generator: torch.Generator, on_step=None) -> torch.Tensor:
+        """Train one epoch; returns the summed loss (over this rank's samples) as a device tensor."""
+        negatives = self.sampler.sample(self.neg_users, 1, generator).view(-1)
+        perm = torch.randperm(self.labels.numel(), device=self.device, generator=generator)
+        shard = perm[self.offset:self.offset + self.samples_per_rank]
+        users, items = self.epoch_users[shard], torch.cat([self.items, negatives])[shard]
+        targets = self.labels[shard]
+        loss_sum = torch.zeros((), device=self.device)
+        for start in range(0, self.samples_per_rank, self.batch_size):
+            u, i, y = (t[start:start + self.batch_size] for t in (users, items, targets))
+            with self.autocast:
+                logits = self.forward(u, i)
+            loss = self.loss_fn(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            loss_sum += loss.detach() * y.numel()
+            if on_step is not None:
+                on_step()
+        return loss_sum
 
 
 def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainConfig, runtime: _Runtime,
@@ -242,8 +289,6 @@ def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainCo
 
         train_module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(train_module) if config.compile else train_module
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
-    loss_fn = torch.nn.BCEWithLogitsLoss()
 
     ckpt_uri = storage.join(ckpt_dir, f"{stage}.pt")
     history: list[_EpochRecord] = []
@@ -260,12 +305,9 @@ def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainCo
         if runtime.is_main:
             print(f"[{stage}] resuming after epoch {start_epoch} from {ckpt_uri}", file=sys.stderr, flush=True)
 
-    n_pos = data.users.numel()
-    labels = torch.cat([torch.ones(n_pos, device=device), torch.zeros(n_pos * config.num_neg, device=device)])
-    neg_users = data.users.repeat_interleave(config.num_neg)
-    epoch_users = torch.cat([data.users, neg_users])
-    per_rank = labels.numel() // runtime.world_size
-    steps = math.ceil(per_rank / config.batch_size)
+    runner = EpochRunner(forward, optimizer, data.users, data.items, data.sampler, config.num_neg,
+                         config.batch_size, runtime.rank, runtime.world_size)
+    per_rank = runner.samples_per_rank
     started = time.perf_counter()
     samples_done, train_seconds = 0, 0.0
     for epoch in range(start_epoch, config.epochs):
@@ -273,23 +315,8 @@ def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainCo
             break
         model.train()
         epoch_started = time.perf_counter()
-        negatives = data.sampler.sample(neg_users, 1, generator).view(-1)
-        perm = torch.randperm(labels.numel(), device=device, generator=generator)
-        lo = runtime.rank * per_rank
-        shard = perm[lo:lo + per_rank]
-        users, items, targets = epoch_users[shard], torch.cat([data.items, negatives])[shard], labels[shard]
-        loss_sum = torch.zeros((), device=device)
-        with _progress(config, runtime, steps, f"{stage} epoch {epoch + 1}/{config.epochs}") as bar:
-            for start in range(0, per_rank, config.batch_size):
-                u, i, y = (t[start:start + config.batch_size] for t in (users, items, targets))
-                with autocast:
-                    logits = forward(u, i)
-                loss = loss_fn(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach() * y.numel()
-                bar.update()
+        with _progress(config, runtime, runner.steps, f"{stage} epoch {epoch + 1}/{config.epochs}") as bar:
+            loss_sum = runner.run(generator, bar.update)
         samples_done += per_rank * runtime.world_size
         if runtime.distributed:
             dist.all_reduce(loss_sum)
@@ -331,7 +358,7 @@ def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainCo
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "rng": checkpoint.rng_state(generator), "history": [dataclasses.asdict(r) for r in history],
                 "best": best, "stopped": stopped})
-        _after_epoch(stage, epoch + 1)
+        _after_epoch(stage, epoch + 1, history[-1] if runtime.is_main else None)
         if stopped:
             if runtime.is_main:
                 print(f"[{stage}] early stop: no validation gain for {config.patience} epochs; best epoch "

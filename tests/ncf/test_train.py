@@ -79,7 +79,7 @@ def test_resume_after_kill_is_bit_identical(tiny_partition_uri, tmp_path, monkey
     config = _config(tiny_partition_uri, tmp_path / "full", pretrain=pretrain, epochs=3, patience=5)
     full = run(config)
 
-    def kill(stage, epoch):
+    def kill(stage, epoch, record):
         if (stage, epoch) == kill_at:
             raise _Killed
 

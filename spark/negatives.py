@@ -35,13 +35,16 @@ def _sample_rows(rows, users, hist_keys, num_items, need, seed, round_, draws, o
     else:
         j = np.arange(draws, dtype=np.int64)
         candidates = (hash_ints(seed, users[rows][:, None], round_, j[None, :]) % np.uint64(num_items)).astype(np.int64)
-    keys = np.unique((rows.astype(np.int64)[:, None] * num_items + candidates).ravel())
+    keys = np.sort((rows.astype(np.int64)[:, None] * num_items + candidates).ravel())
+    keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]  # distinct (np.unique hashes: 20x slower here)
     if hist_keys.size:
         pos = np.searchsorted(hist_keys, keys).clip(max=hist_keys.size - 1)
         keys = keys[hist_keys[pos] != keys]
     row, item = keys // num_items, keys % num_items
     rank = hash_ints(seed + 1, users[row], item)
-    order = np.lexsort((rank, row))
+    # order by (row, rank) with one integer sort: row in the high bits, the rank's top bits below
+    row_bits = np.uint64(max(1, int(rows[-1]).bit_length()))
+    order = np.argsort((row.astype(np.uint64) << (np.uint64(64) - row_bits)) | (rank >> row_bits), kind="stable")
     row, item = row[order], item[order]
     starts = np.searchsorted(row, rows)
     counts = np.searchsorted(row, rows, side="right") - starts

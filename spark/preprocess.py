@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import functools
 import shutil
 import sys
 import tempfile
@@ -121,66 +120,74 @@ def _checkpoint(frame, path: str):
     return frame.sparkSession.read.parquet(path)
 
 
-def filter_min_interactions(pairs, num_pairs: int, min_user: int, min_item: int, scratch: str) -> tuple[Any, int, int]:
+def id_counts(pairs):
+    """DataFrame[kind int (0 user, 1 item), id string, n long]: interactions per user and per item (one scan)."""
+    from pyspark.sql import functions as F
+
+    keys = F.array(
+        F.struct(F.lit(0).alias("kind"), F.col("user_id").alias("id")),
+        F.struct(F.lit(1).alias("kind"), F.col("item_id").alias("id")),
+    )
+    return (
+        pairs.select(F.explode(keys).alias("key"))
+        .groupBy(F.col("key.kind").alias("kind"), F.col("key.id").alias("id"))
+        .agg(F.count(F.lit(1)).alias("n"))
+    )
+
+
+def filter_min_interactions(pairs, num_pairs: int, min_user: int, min_item: int, scratch: str) -> tuple[Any, Any, int, int]:
     """Drop users / items with too few interactions until both rules hold.
 
-    Returns (pairs, passes, number of pairs kept). Each pass that removes something is written out and read
-    back, so the plan never grows with the number of passes.
+    Returns (pairs, id counts of those pairs, filtering passes, number of pairs). Each pass that removes
+    something is written out and read back, so the plan never grows with the number of passes.
     """
     from pyspark.sql import functions as F
 
-    rules = [(col, minimum) for col, minimum in (("user_id", min_user), ("item_id", min_item)) if minimum > 1]
-    for passes in range(1, MAX_FILTER_PASSES + 1):
-        if not rules:
-            return pairs, passes - 1, num_pairs
-        keep, too_few = pairs, []
-        for column, minimum in rules:
-            counts = pairs.groupBy(column).agg(F.count(F.lit(1)).alias("n"))
-            too_few.append(counts.where(F.col("n") < minimum).select(F.lit(column).alias("rule")))
-            keep = keep.join(counts.where(F.col("n") >= minimum).select(column), column, "left_semi")
-        dropped = functools.reduce(lambda a, b: a.union(b), too_few).count()  # one job checks every rule
-        if dropped == 0:
-            return pairs, passes, num_pairs
-        pairs = _checkpoint(keep, f"{scratch}/filtered-{passes}")
+    too_few = ((F.col("kind") == 0) & (F.col("n") < min_user)) | ((F.col("kind") == 1) & (F.col("n") < min_item))
+    for passes in range(MAX_FILTER_PASSES + 1):
+        counts = _checkpoint(id_counts(pairs), f"{scratch}/counts-{passes}")
+        if counts.where(too_few).isEmpty():
+            return pairs, counts, passes, num_pairs
+        kept = counts.where(~too_few)
+        pairs = _checkpoint(
+            pairs.join(kept.where(F.col("kind") == 0).select(F.col("id").alias("user_id")), "user_id", "left_semi")
+            .join(kept.where(F.col("kind") == 1).select(F.col("id").alias("item_id")), "item_id", "left_semi"),
+            f"{scratch}/filtered-{passes}",
+        )
         num_pairs = pairs.count()
-        if len(rules) == 1:  # a single rule reaches its fixed point in one pass
-            rules = []
+        if num_pairs == 0:
+            return pairs, counts.limit(0), passes + 1, 0
     raise UserError(
         f"minimum-interaction filter did not converge in {MAX_FILTER_PASSES} passes; lower "
         "--min-user-interactions / --min-item-interactions"
     )
 
 
-def index_ids(pairs, scratch: str, user_output: str, item_output: str) -> tuple[Any, int, Any, int]:
-    """Contiguous indices from 0 for users and items, written as the `user_map` / `item_map` tables.
+def index_ids(counts, scratch: str, user_output: str, item_output: str) -> tuple[Any, int, Any, int]:
+    """Contiguous indices from 0 for the users and items in `counts` (see `id_counts`), written as the
+    `user_map` / `item_map` tables. Returns (user_map, num_users, item_map, num_items).
 
-    Returns (user_map, num_users, item_map, num_items). Ids are ordered by (length, id), so numeric ids keep
-    their natural order. One distributed sort over users-then-items gives every Spark partition a contiguous
-    range of that order; a row's global position is its partition's offset plus its position inside it
-    (nothing but one count per partition reaches the driver).
+    Ids are ordered by (length, id), so numeric ids keep their natural order. One distributed sort over
+    users-then-items gives every Spark partition a contiguous range of that order; a row's global position is
+    its partition's offset plus its position inside it (only one count per partition reaches the driver).
     """
     from pyspark.sql import functions as F
 
-    spark = pairs.sparkSession
-    ids = pairs.select(F.lit(0).alias("kind"), F.col("user_id").alias("id")).union(
-        pairs.select(F.lit(1).alias("kind"), F.col("item_id").alias("id"))
-    )
-    ordered = (
-        ids.distinct()
-        .orderBy("kind", F.length("id"), "id")
-        .select("kind", "id", F.spark_partition_id().alias("part"), F.monotonically_increasing_id().alias("mid"))
+    spark = counts.sparkSession
+    ordered = counts.orderBy("kind", F.length("id"), "id").select(
+        "kind", "id", F.spark_partition_id().alias("part"), F.monotonically_increasing_id().alias("mid")
     )
     located = _checkpoint(ordered, f"{scratch}/ids-located")
-    counts = located.groupBy("part", "kind").agg(F.count(F.lit(1)).alias("n")).collect()
-    sizes: dict[int, int] = {}
-    for row in counts:
-        sizes[row["part"]] = sizes.get(row["part"], 0) + row["n"]
-    num_users = sum(row["n"] for row in counts if row["kind"] == 0)
-    num_items = sum(row["n"] for row in counts if row["kind"] == 1)
+    sizes = located.groupBy("part", "kind").agg(F.count(F.lit(1)).alias("n")).collect()
+    per_part: dict[int, int] = {}
+    for row in sizes:
+        per_part[row["part"]] = per_part.get(row["part"], 0) + row["n"]
+    num_users = sum(row["n"] for row in sizes if row["kind"] == 0)
+    num_items = sum(row["n"] for row in sizes if row["kind"] == 1)
     offsets, total = [], 0
-    for part in sorted(sizes):
+    for part in sorted(per_part):
         offsets.append((part, total))
-        total += sizes[part]
+        total += per_part[part]
     offset_frame = spark.createDataFrame(offsets, "part int, offset long")
     position = F.col("mid") - F.shiftleft(F.col("part").cast("long"), 33)  # mid = part << 33 | position
     # users occupy global positions [0, num_users), items the rest
@@ -249,7 +256,7 @@ def run(config: PreprocessConfig) -> PreprocessResult:
                 spark_path=config.input_uri if direct else None,
             )
         with stage("filter"):
-            pairs, passes, num_kept = filter_min_interactions(
+            pairs, counts, passes, num_kept = filter_min_interactions(
                 read.pairs, read.num_pairs, config.min_user_interactions, config.min_item_interactions, scratch
             )
         if num_kept == 0:
@@ -258,7 +265,7 @@ def run(config: PreprocessConfig) -> PreprocessResult:
                 f"(users >= {config.min_user_interactions}, items >= {config.min_item_interactions})"
             )
         with stage("index"):
-            user_map, num_users, item_map, num_items = index_ids(pairs, scratch, f"{out}/user_map", f"{out}/item_map")
+            user_map, num_users, item_map, num_items = index_ids(counts, scratch, f"{out}/user_map", f"{out}/item_map")
             interactions = _checkpoint(
                 pairs.join(user_map, "user_id").join(item_map, "item_id").select("user_idx", "item_idx", "ts"),
                 f"{scratch}/interactions",

@@ -317,6 +317,8 @@ def read_interactions(
         raise UserError(f"{source}: --min-weight given but the input has no weight column {mapping.weight!r}")
 
     def text(name):
+        if dtypes[name] in ("tinyint", "smallint", "int", "bigint"):  # integer ids: no blanks to trim
+            return F.col(f"`{name}`").cast("string")
         value = F.trim(F.col(f"`{name}`").cast("string"))
         return F.when(value != "", value)
 
@@ -338,23 +340,20 @@ def read_interactions(
         wanted = wanted & (weight >= min_weight)
     status = F.coalesce(reason, F.when(~F.coalesce(wanted, F.lit(False)), F.lit(FILTERED)))
     sep = "\t" if fmt == "movielens" and not spark_path.endswith((".csv", ".dat")) else ","
-    is_bad = reason.isNotNull()
+    # Only fixed-width aggregates here: Spark's fast hash aggregation; bad-row examples are fetched on failure.
     grouped = (
         frame.select(
             F.when(status.isNull(), user).alias("user_id"),
             F.when(status.isNull(), item).alias("item_id"),
             status.alias("status"),
             ts.alias("ts"),
-            F.when(is_bad, F.struct(F.col("_metadata.file_path").alias("file"), _row_text(frame, fmt, sep).alias("row"))).alias("bad"),
         )
         .groupBy("user_id", "item_id", "status")
-        .agg(F.min("ts").alias("ts"), F.count(F.lit(1)).alias("rows"), F.first("bad", ignorenulls=True).alias("example"))
+        .agg(F.min("ts").alias("ts"), F.count(F.lit(1)).alias("rows"))
     )
     grouped.write.mode("overwrite").parquet(output)
     written = spark.read.parquet(output)
-    summary = written.groupBy("status").agg(
-        F.sum("rows").alias("rows"), F.count(F.lit(1)).alias("groups"), F.first("example", ignorenulls=True).alias("example")
-    )
+    summary = written.groupBy("status").agg(F.sum("rows").alias("rows"), F.count(F.lit(1)).alias("groups"))
     by_status = {row["status"]: row for row in summary.collect()}
     num_rows = sum(row["rows"] for row in by_status.values())
     bad = {status: row["rows"] for status, row in by_status.items() if status not in (None, FILTERED)}
@@ -363,7 +362,11 @@ def read_interactions(
         raise UserError(f"{source}: no rows to read (empty input)")
     if num_bad and num_bad / num_rows > max_bad_fraction:
         worst = max(bad, key=bad.get)
-        example = by_status[worst]["example"]
+        example = (
+            frame.where(status == worst)
+            .select(F.col("_metadata.file_path").alias("file"), _row_text(frame, fmt, sep).alias("row"))
+            .first()
+        )
         raise UserError(
             f"{_display_file(example['file'], local, source)}: {num_bad} of {num_rows} rows are malformed "
             f"({num_bad / num_rows:.2%} > --max-bad-fraction {max_bad_fraction:g}); most common: {worst}, "

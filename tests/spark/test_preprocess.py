@@ -19,6 +19,7 @@ from spark import generate
 from spark.preprocess import (
     PreprocessConfig,
     filter_min_interactions,
+    id_counts,
     index_ids,
     main,
     run,
@@ -64,7 +65,7 @@ def test_index_ids_are_contiguous_in_natural_order(spark, tmp_path):
     ids = ["10", "2", "b", "1", "a", "10", "003"]
     rows = [(u, f"i{k % 3}", 0) for k, u in enumerate(ids)]
     pairs = spark.createDataFrame(rows, "user_id string, item_id string, ts long").repartition(3)
-    users, num_users, items, num_items = index_ids(pairs, str(tmp_path), str(tmp_path / "u"), str(tmp_path / "i"))
+    users, num_users, items, num_items = index_ids(id_counts(pairs), str(tmp_path), str(tmp_path / "u"), str(tmp_path / "i"))
     assert (num_users, num_items) == (6, 3)
     assert sorted((r.user_idx, r.user_id) for r in users.collect()) == [(0, "1"), (1, "2"), (2, "a"), (3, "b"), (4, "10"), (5, "003")]
     assert sorted((r.item_idx, r.item_id) for r in items.collect()) == [(0, "i0"), (1, "i1"), (2, "i2")]
@@ -93,11 +94,12 @@ def test_min_interaction_filter_iterates_to_a_fixed_point(spark, tmp_path):
     # u3 has 1 interaction -> dropped; then item c falls to 1 -> dropped; then u2 falls to 1 -> dropped.
     rows = [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "c"), ("u3", "c"), ("u4", "a"), ("u4", "b")]
     pairs = spark.createDataFrame([(u, i, 0) for u, i in rows], "user_id string, item_id string, ts long")
-    kept, passes, count = filter_min_interactions(pairs, len(rows), 2, 2, str(tmp_path))
+    kept, counts, passes, count = filter_min_interactions(pairs, len(rows), 2, 2, str(tmp_path))
     assert sorted((r.user_id, r.item_id) for r in kept.collect()) == [("u1", "a"), ("u1", "b"), ("u4", "a"), ("u4", "b")]
     assert count == 4 and passes >= 2
-    _, passes_off, count_off = filter_min_interactions(pairs, len(rows), 1, 0, str(tmp_path))
-    assert (passes_off, count_off) == (0, len(rows))
+    assert sorted(map(tuple, counts.collect())) == [(0, "u1", 2), (0, "u4", 2), (1, "a", 2), (1, "b", 2)]
+    _, counts_off, passes_off, count_off = filter_min_interactions(pairs, len(rows), 1, 0, str(tmp_path))
+    assert (passes_off, count_off, counts_off.count()) == (0, len(rows), 4 + 3)
 
 
 # --- the job end to end ----------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from ncf.scoring import ItemScorer
 # The seed system's run, reproduced by `--preset seed`.
 SEED_PRESET: dict[str, Any] = {
     "epochs": 10, "lr": 0.001, "batch_size": 256, "top_k": 10, "dropout": 0.3, "factor_num": 32, "num_layers": 3,
-    "model": "NeuMF", "num_neg": 4, "weight_decay": 0.0, "patience": 0, "pretrain": False,
+    "model": "NeuMF", "num_neg": 4, "weight_decay": 0.0, "patience": 0, "pretrain": False, "recency_weight": 0.0,
 }
 PRESETS = {"seed": SEED_PRESET}
 
@@ -60,6 +60,9 @@ class TrainConfig:
     experiment: str = param("ncf-train", "MLflow experiment name")
     num_neg: int = param(4, "sampled negatives per training positive")
     weight_decay: float = param(0.0, "L2 weight decay (Adam)")
+    recency_weight: float = param(0.0, "weight each user's positives by recency: 1 + r * recency_weight for the r-th "
+                                       "fraction of the user's history (0 oldest, 1 latest), normalised to mean 1; "
+                                       "0: off (the paper's uniform weights)")
     pretrain: bool = param(False, "NeuMF only: train GMF and MLP first and initialise NeuMF from them (alpha 0.5)")
     patience: int = param(3, "early stopping: epochs without validation improvement; 0: no validation split, "
                              "train every epoch and keep the last")
@@ -96,8 +99,8 @@ def _validate(config: TrainConfig) -> None:
             raise UserError(f"{name}: must be positive, got {getattr(config, name)}")
     if not (config.lr > 0 and math.isfinite(config.lr)):
         raise UserError(f"lr: must be a positive number, got {config.lr}")
-    if config.weight_decay < 0 or config.patience < 0:
-        raise UserError("weight_decay and patience must be >= 0")
+    if config.weight_decay < 0 or config.patience < 0 or config.recency_weight < 0:
+        raise UserError("weight_decay, patience and recency_weight must be >= 0")
     if config.pretrain and config.model != "NeuMF":
         raise UserError(f"pretrain: only NeuMF is pretrained (from GMF + MLP), not {config.model}")
 
@@ -154,6 +157,7 @@ class _Data:
     users: torch.Tensor  # training positives (validation rows removed), on device
     items: torch.Tensor
     sampler: NegativeSampler  # negatives avoid exactly the training positives above
+    weights: torch.Tensor | None  # per-positive loss weights (recency), None: uniform
     val_users: np.ndarray | None
     val_items: np.ndarray | None
     val_negatives: np.ndarray | None
@@ -179,9 +183,27 @@ def _prepare_data(partition, config: TrainConfig, device: torch.device) -> _Data
         generator = torch.Generator().manual_seed(config.seed + 1)
         val_negatives = known.sample_distinct(torch.from_numpy(val_users.astype(np.int64)), num_neg, generator).numpy()
         users, items = users[keep], items[keep]
+        ts = partition.train_ts[keep]
+    else:
+        ts = partition.train_ts
     sampler = NegativeSampler(users, items, partition.num_users, partition.num_items, device)
+    weights = None
+    if config.recency_weight > 0:
+        w = 1.0 + config.recency_weight * recency_rank(users, ts, partition.num_users)
+        weights = torch.from_numpy((w / w.mean()).astype(np.float32)).to(device)
     return _Data(torch.from_numpy(users.astype(np.int64)).to(device), torch.from_numpy(items.astype(np.int64)).to(device),
-                 sampler, val_users, val_items, val_negatives)
+                 sampler, weights, val_users, val_items, val_negatives)
+
+
+def recency_rank(users: np.ndarray, ts: np.ndarray, num_users: int) -> np.ndarray:
+    """Each interaction's position in its user's history by time, scaled to [0, 1] (0 oldest, 1 latest)."""
+    order = np.lexsort((np.arange(users.size), ts, users))
+    counts = np.bincount(users, minlength=num_users)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    position = np.empty(users.size, dtype=np.float64)
+    sorted_users = users[order]
+    position[order] = np.arange(users.size) - starts[sorted_users]
+    return position / np.maximum(counts[users] - 1, 1)
 
 
 # ---- one training stage (one model type) --------------------------------------------------------------------
@@ -236,7 +258,8 @@ class EpochRunner:
     """
 
     def __init__(self, forward, optimizer: torch.optim.Optimizer, users: torch.Tensor, items: torch.Tensor,
-                 sampler: NegativeSampler, num_neg: int, batch_size: int, rank: int = 0, world_size: int = 1):
+                 sampler: NegativeSampler, num_neg: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                 weights: torch.Tensor | None = None):
         self.forward, self.optimizer = forward, optimizer
         self.device = users.device
         self.items, self.sampler, self.batch_size = items, sampler, batch_size
@@ -245,12 +268,13 @@ class EpochRunner:
                                  torch.zeros(n_pos * num_neg, device=self.device)])
         self.neg_users = users.repeat_interleave(num_neg)
         self.epoch_users = torch.cat([users, self.neg_users])
+        self.weights = None if weights is None else torch.cat(
+            [weights, torch.ones(n_pos * num_neg, device=self.device)])
         self.samples_per_rank = self.labels.numel() // world_size
         self.offset = rank * self.samples_per_rank
         self.steps = math.ceil(self.samples_per_rank / batch_size)
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
                          else contextlib.nullcontext())
-        self.loss_fn = torch.nn.BCEWithLogitsLoss()
 
     def run(self, generator: torch.Generator, on_step=None) -> torch.Tensor:
         """Train one epoch; returns the summed loss (over this rank's samples) as a device tensor."""
@@ -259,12 +283,14 @@ class EpochRunner:
         shard = perm[self.offset:self.offset + self.samples_per_rank]
         users, items = self.epoch_users[shard], torch.cat([self.items, negatives])[shard]
         targets = self.labels[shard]
+        weights = None if self.weights is None else self.weights[shard]
         loss_sum = torch.zeros((), device=self.device)
         for start in range(0, self.samples_per_rank, self.batch_size):
             u, i, y = (t[start:start + self.batch_size] for t in (users, items, targets))
+            w = None if weights is None else weights[start:start + self.batch_size]
             with self.autocast:
                 logits = self.forward(u, i)
-            loss = self.loss_fn(logits.float(), y)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y, weight=w)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -306,7 +332,7 @@ def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainCo
             print(f"[{stage}] resuming after epoch {start_epoch} from {ckpt_uri}", file=sys.stderr, flush=True)
 
     runner = EpochRunner(forward, optimizer, data.users, data.items, data.sampler, config.num_neg,
-                         config.batch_size, runtime.rank, runtime.world_size)
+                         config.batch_size, runtime.rank, runtime.world_size, data.weights)
     per_rank = runner.samples_per_rank
     started = time.perf_counter()
     samples_done, train_seconds = 0, 0.0

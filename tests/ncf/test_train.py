@@ -170,3 +170,16 @@ def test_metrics_json_matches_result(tiny_partition_uri, tmp_path):
     on_disk = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert on_disk["hr@10"] == result.metrics["hr@10"]
     assert np.isclose(on_disk["full_ndcg@10"], result.metrics["full_ndcg@10"])
+
+
+def test_recency_rank_orders_each_users_history():
+    from ncf.train import recency_rank
+
+    users = np.array([1, 0, 1, 1, 0, 2])
+    ts = np.array([5, 3, 1, 9, 2, 7])
+    assert recency_rank(users, ts, 3).tolist() == [0.5, 1.0, 0.0, 1.0, 0.0, 0.0]
+
+
+def test_recency_weighted_training_runs(tiny_partition_uri, tmp_path):
+    result = run(_config(tiny_partition_uri, tmp_path / "m", epochs=1, recency_weight=4.0))
+    assert load_package(result.model_uri).config["hyperparameters"]["recency_weight"] == 4.0

@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from pathlib import Path
 
 from ncf.errors import UserError
 
 DEFAULT_MASTER = "local[*]"
+LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 
 
 def _check_java() -> None:
@@ -57,11 +59,14 @@ def get_spark(master: str = "", app_name: str = "ncf", driver_memory: str = "", 
         builder = builder.master(master)
     cores = local_parallelism(master) if master else None
     if cores is not None:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: no network lookups, no warning
         builder = builder.config("spark.sql.shuffle.partitions", str(max(4, 2 * cores)))
         # Local runs have one JVM: give it enough heap for 10M-event shuffles (only when not set otherwise).
         builder = builder.config("spark.driver.memory", driver_memory or os.environ.get("NCF_SPARK_DRIVER_MEMORY", "3g"))
     elif driver_memory:
         builder = builder.config("spark.driver.memory", driver_memory)
+    if LOG4J_CONFIG.exists() and not _under_spark_submit():  # quiet JVM start-up (spark-submit users bring their own)
+        builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG}")
     builder = (
         builder.config("spark.ui.enabled", "true" if ui else "false")
         .config("spark.ui.showConsoleProgress", "false")

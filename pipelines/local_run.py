@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -30,10 +31,11 @@ from pipelines import definition
 from pipelines import params as pipeline_params
 
 DEFAULT_ROOT = "runs/demo"
-DEFAULT_EVENTS = 30_000
+DEFAULT_EVENTS = 40_000
 # A fixed synthetic world (users, items, tastes); later dates see more of its events, like a growing log.
-SYNTHETIC_USERS = 600
-SYNTHETIC_ITEMS = 300
+# Items well above 99 per user: evaluation draws 99 distinct unseen negatives per user.
+SYNTHETIC_USERS = 1_000
+SYNTHETIC_ITEMS = 2_000
 SYNTHETIC_GROWTH = 0.25  # each later run date adds this fraction of DEFAULT_EVENTS
 # Small enough for a 2-core laptop; any --param wins.
 DEMO_PARAMS = {"epochs": 4, "serving_target": "local"}
@@ -186,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     from kfp import local
 
     from pipelines.kfp_pipeline import build_pipeline
+
+    # kfp.local streams each step's output as it comes: unbuffered, per-epoch lines show up live.
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
     pipeline_root = root / "kfp"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))

@@ -278,7 +278,8 @@ def run(config: GateConfig) -> GateResult:
         tags["gate.p_value"] = f"{decision.p_value:.6f}"
     version = registry.register_package(
         config.model_uri, tracking_uri=tracking_uri, model_name=config.model_name, experiment=config.experiment,
-        tags=tags, metrics=chall.metrics, params=challenger.config.get("hyperparameters"))
+        tags=tags, metrics=chall.metrics, params=challenger.config.get("hyperparameters"),
+        train_run_id=str(challenger.config.get("mlflow_run_id", "")))
     registry.set_alias(tracking_uri, config.model_name, registry.CHALLENGER, version.version)
     if decision.promoted:
         registry.set_alias(tracking_uri, config.model_name, registry.CHAMPION, version.version)

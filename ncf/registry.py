@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,34 @@ def client(tracking_uri: str):
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@contextlib.contextmanager
+def active_store(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (`mlflow.start_run`, `mlflow.pyfunc.load_model`, ...) at `tracking_uri` for a block.
+
+    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI to the process environment; left there it would
+    silently redirect every later default (`resolve_tracking_uri("")`) in a long-lived process. Restored on exit.
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {name: os.environ.get(name) for name in names}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    try:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        registry_utils._registry_uri = saved[1]
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def ensure_experiment(tracking_uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
@@ -142,6 +172,7 @@ def lineage_tags(package_uri: str, config: dict[str, Any], metrics: dict[str, fl
         "pipeline_run_id": pipeline_run_id,
         "model_type": str(config.get("model_type", "")),
         "trained_on_partition": str(config.get("partition_uri", "")),
+        "train_run_id": str(config.get("mlflow_run_id", "")),
     }
     tags.update({f"hp.{k}": json.dumps(v) if not isinstance(v, str) else v
                  for k, v in sorted(config.get("hyperparameters", {}).items())})
@@ -158,28 +189,45 @@ class RegisteredVersion:
     model_uri: str  # models:/<name>/<version>
 
 
+def _existing_run(mlflow_client, run_id: str) -> str | None:
+    """`run_id` when that run exists in this store (the training run, when train logged to the same store)."""
+    import mlflow
+
+    if not run_id:
+        return None
+    try:
+        return mlflow_client.get_run(run_id).info.run_id
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
 def register_package(package_uri: str, *, tracking_uri: str, model_name: str = DEFAULT_MODEL_NAME,
                      experiment: str = DEFAULT_EXPERIMENT, tags: dict[str, str] | None = None,
                      metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
-                     ) -> RegisteredVersion:
-    """Log the package as a pyfunc in a new run and register it as a new version of `model_name`, tagged."""
+                     train_run_id: str = "") -> RegisteredVersion:
+    """Log the package as a pyfunc and register it as a new version of `model_name`, tagged.
+
+    The model is logged into the training run when that run is in this store (the version then links to its
+    per-epoch curves; `metrics` are added as `gate.<metric>`), else into a new run of `experiment`.
+    """
     import mlflow
 
     mlflow_client = client(tracking_uri)
-    experiment_id = ensure_experiment(tracking_uri, experiment)
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    run_id = _existing_run(mlflow_client, train_run_id)
+    run_args = {"run_id": run_id} if run_id else {
+        "experiment_id": ensure_experiment(tracking_uri, experiment), "run_name": f"register-{model_name}"}
     with storage.local_copy(package_uri) as source, tempfile.TemporaryDirectory(prefix="ncf-register-") as tmp:
         if not (source / storage.SUCCESS).exists():
             raise UserError(f"{package_uri}: model package is incomplete (no _SUCCESS marker)")
         # MLflow names an artifact directory after its basename: stage it as `package/`.
         local_package = Path(shutil.copytree(source, Path(tmp) / PACKAGE_ARTIFACT))
         first_user = json.loads((local_package / "user_ids.json").read_text())[0]
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{model_name}") as run:
-            if params:
+        with active_store(tracking_uri), mlflow.start_run(**run_args) as run:
+            if params and not run_id:  # the training run has its parameters already
                 mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
             if metrics:
-                mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()})
+                prefix = "gate." if run_id else ""
+                mlflow.log_metrics({prefix + metric_key(k): float(v) for k, v in metrics.items()})
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=NCFPythonModel(),
@@ -193,8 +241,9 @@ def register_package(package_uri: str, *, tracking_uri: str, model_name: str = D
         mlflow_client.get_registered_model(model_name)
     except mlflow.exceptions.MlflowException:
         mlflow_client.create_registered_model(model_name, description="NCF top-K recommender (model packages)")
-    version = mlflow_client.create_model_version(model_name, source=info.model_uri, run_id=run.info.run_id,
-                                                 tags=tags or {}, model_id=info.model_id)
+    with active_store(tracking_uri):  # the embedded store resolves the `models:/m-...` source through the globals
+        version = mlflow_client.create_model_version(model_name, source=info.model_uri, run_id=run.info.run_id,
+                                                     tags=tags or {}, model_id=info.model_id)
     return RegisteredVersion(model_name, str(version.version), run.info.run_id,
                              f"models:/{model_name}/{version.version}")
 
@@ -248,7 +297,6 @@ def download_package(tracking_uri: str, model_name: str, version: str, dest: str
 
     dest = Path(dest or tempfile.mkdtemp(prefix=f"ncf-{model_name}-v{version}-"))
     uri = package_artifact_uri(tracking_uri, model_name, version)
-    mlflow.set_tracking_uri(tracking_uri)
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest), tracking_uri=tracking_uri)
     except Exception as exc:  # MLflow raises store-specific errors (file, S3, HTTP)

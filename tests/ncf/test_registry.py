@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,9 +24,8 @@ from tests.mlflow_fixtures import (  # noqa: F401  (fixtures)
 def _load_pyfunc(tracking_uri: str, uri: str):
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    return mlflow.pyfunc.load_model(uri)
+    with registry.active_store(tracking_uri):
+        return mlflow.pyfunc.load_model(uri)
 
 
 def test_sqlite_round_trip(tmp_path):
@@ -108,3 +109,22 @@ def test_server_postgres_s3_register_gate_load(mlflow_server, moto_server, s3_bu
     assert load_package(package_uri).metrics == load_package(second).metrics
     out = _load_pyfunc(tracking_uri, "models:/ncf-pg@champion").predict(pd.DataFrame({"user_id": ["u3"]}))
     assert len(out.loc[0, "item_ids"]) == 10 and not out.loc[0, "fallback"]
+
+
+def test_version_links_to_the_training_run_in_the_same_store(tmp_path):
+    import mlflow
+
+    partition = tiny_partition(num_users=10, num_items=30, per_user=4, num_neg=5)
+    package_uri = make_package(str(tmp_path / "models" / "run-1"), partition, oracle_model(partition, 1.0))
+    tracking_uri = registry.default_tracking_uri(tmp_path)
+    experiment_id = registry.ensure_experiment(tracking_uri, "ncf-train")
+    with registry.active_store(tracking_uri), mlflow.start_run(experiment_id=experiment_id) as train_run:
+        mlflow.log_param("lr", 0.001)
+    assert os.environ.get("MLFLOW_TRACKING_URI") != tracking_uri  # the store switch did not leak
+    linked = registry.register_package(package_uri, tracking_uri=tracking_uri, params={"lr": 0.5},
+                                       metrics={"ndcg@10": 0.25}, train_run_id=train_run.info.run_id)
+    assert linked.run_id == train_run.info.run_id
+    run = registry.client(tracking_uri).get_run(linked.run_id)
+    assert run.data.params["lr"] == "0.001" and run.data.metrics["gate.ndcg_at_10"] == 0.25
+    elsewhere = registry.register_package(package_uri, tracking_uri=tracking_uri, train_run_id="not-in-this-store")
+    assert elsewhere.run_id != train_run.info.run_id

@@ -127,21 +127,16 @@ def test_partition_contract_on_synthetic_logs(spark, events_dir, tmp_path):
     assert set(stats["stage_seconds"]) >= {"read_deduplicate", "filter", "index", "split", "negatives"}
 
 
-def test_rerun_replaces_the_partition_and_keeps_other_dates(spark, events_dir, tmp_path):
+def test_failed_runs_change_nothing_and_a_rerun_replaces_atomically(spark, events_dir, tmp_path, monkeypatch, write_text):
     root = tmp_path / "root"
     run(_config(events_dir, root, "2026-01-01", num_test_negatives=20))
     run(_config(events_dir, root, "2026-01-02", num_test_negatives=20))
-    run(_config(events_dir, root, "2026-01-02", num_test_negatives=30))
-    assert storage.complete_partitions(root) == ["2026-01-01", "2026-01-02"]
-    assert load_partition(storage.partition_uri(root, "2026-01-02")).test_negatives.shape[1] == 30
-    assert load_partition(storage.partition_uri(root, "2026-01-01")).test_negatives.shape[1] == 20
-    assert sorted(os.listdir(root / "data")) == ["dt=2026-01-01", "dt=2026-01-02"]  # no staging leftovers
 
+    def snapshot(date=None):
+        base = root / "data" / f"dt={date}" if date else root
+        return {p.relative_to(base): p.read_bytes() for p in base.rglob("*") if p.is_file()}
 
-def test_failed_run_leaves_the_previous_partition_intact(spark, events_dir, tmp_path, monkeypatch, write_text):
-    root = tmp_path / "root"
-    first = run(_config(events_dir, root, num_test_negatives=20))
-    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    before = snapshot()
 
     from spark import negatives
 
@@ -150,14 +145,19 @@ def test_failed_run_leaves_the_previous_partition_intact(spark, events_dir, tmp_
 
     monkeypatch.setattr(negatives, "test_negatives", crash)  # fails after train/test were written
     with pytest.raises(RuntimeError, match="worker lost"):
-        run(_config(events_dir, root, num_test_negatives=30))
+        run(_config(events_dir, root, "2026-01-02", num_test_negatives=30))
     monkeypatch.undo()
     bad = write_text("bad.csv", "user_id,item_id,ts\nu,i,never\n")
     with pytest.raises(UserError):
-        run(_config(bad, root))
-    after = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    assert after == before
-    assert load_partition(first.partition_uri).test_negatives.shape[1] == 20
+        run(_config(bad, root, "2026-01-02"))
+    assert snapshot() == before
+
+    day_one = snapshot("2026-01-01")
+    run(_config(events_dir, root, "2026-01-02", num_test_negatives=30))
+    assert storage.complete_partitions(root) == ["2026-01-01", "2026-01-02"]
+    assert load_partition(storage.partition_uri(root, "2026-01-02")).test_negatives.shape[1] == 30
+    assert snapshot("2026-01-01") == day_one  # other dates untouched
+    assert sorted(os.listdir(root / "data")) == ["dt=2026-01-01", "dt=2026-01-02"]  # no staging leftovers
 
 
 def test_s3_input_and_output_through_moto(spark, s3_bucket, tmp_path, write_text):

@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     values["storage_root"] = str(root)
     if args.input and not storage.exists(args.input):
         raise UserError(f"--input {args.input}: no such file or directory")
-    values = pipeline_params.validate(values, "ncfctl run")
+    defaults = {p.name: p.default for p in definition.parameters() if not p.required}
+    values = {**defaults, **pipeline_params.validate(values, "ncfctl run")}
 
     from kfp import local
 

@@ -30,7 +30,7 @@ def test_two_dates_train_gate_deploy_and_serve_a_recommendation(tmp_path, capsys
     root = tmp_path / "demo"
     try:
         code = local_run.main([
-            "--storage-root", str(root), "--num-events", "4000",
+            "--storage-root", str(root), "--num-events", "20000",
             "--run-date", "2026-03-01", "--run-date", "2026-03-02", "--param", "epochs=1",
         ])
         out = capsys.readouterr().out

@@ -271,6 +271,7 @@ def render(rows: list[dict], args, load_before: float, argv: list[str]) -> str:
     names = {"v1": "V1 REST", "v2": "V2 REST", "grpc": "gRPC"}
     command = " ".join(["python bench/serve.py", *argv])
     lines = [
+        "",
         f"## serve — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC{' (quick: not a measurement)' if args.quick else ''}",
         "",
         f"Command: `{command}`  ",

@@ -151,7 +151,9 @@ def stop_local_server(pid: int, timeout_s: float = 15.0) -> None:
 def deploy_local(config: DeployConfig, tracking_uri: str, version: str) -> DeployResult:
     path = state_path(config, tracking_uri)
     state = json.loads(path.read_text()) if path.exists() else {}
-    if state and _running(state):
+    if state and _running(state) and state.get("tracking_uri") != tracking_uri:
+        stop_local_server(int(state["pid"]))  # it serves another store's champion: replace it
+    elif state and _running(state):
         try:
             _http("POST", f"{state['url']}/v2/repository/models/{config.model_name}/load", timeout=config.timeout_s)
         except urllib.error.HTTPError as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,8 +42,59 @@ DEFAULT_MODEL_DIR = "/mnt/models"
 RECOMMENDATIONS = Counter("ncf_recommendations", "Recommendation lists served, by kind (model or popularity fallback)",
                           ["model_name", "kind"])
 INVALID_REQUESTS = Counter("ncf_invalid_requests", "Requests rejected with 400 (invalid input)", ["model_name"])
-_SCORING_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ncf-scoring")
 LOADS = Counter("ncf_model_loads", "Model (re)loads, by outcome", ["model_name", "outcome"])
+
+
+class ScoringQueue:
+    """One scoring thread; requests that arrive while it is busy are scored together in its next forward.
+
+    torch releases the GIL, so the event loop parses and answers other requests while a forward runs (HTTP work
+    and scoring overlap when the pod has a second core), and under concurrency the queued requests share one
+    batched forward (less per-call overhead). A lone request is scored at once: no batching delay.
+    """
+
+    def __init__(self):
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ncf-scoring")
+        self._lock = threading.Lock()
+        self._pending: list[tuple[Recommender, list, asyncio.Future, asyncio.AbstractEventLoop]] = []
+
+    async def recommend(self, recommender: Recommender, queries: list) -> list:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            self._pending.append((recommender, queries, future, loop))
+            idle = len(self._pending) == 1  # else a drain is already queued and will take this one too
+        if idle:
+            self._executor.submit(self._drain)
+        return await future
+
+    def _drain(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        # A hot swap can leave requests for two models in one batch: one forward per model.
+        for recommender in dict.fromkeys(item[0] for item in batch):
+            items = [item for item in batch if item[0] is recommender]
+            try:
+                recs = recommender.recommend([q for item in items for q in item[1]])
+            except Exception as exc:  # hand the failure to every waiting request
+                for _, _, future, loop in items:
+                    loop.call_soon_threadsafe(_settle, future, None, exc)
+                continue
+            start = 0
+            for _, queries, future, loop in items:
+                loop.call_soon_threadsafe(_settle, future, recs[start:start + len(queries)], None)
+                start += len(queries)
+
+
+def _settle(future: asyncio.Future, result, exc: BaseException | None) -> None:
+    if not future.done():  # the client may have gone away
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
+
+
+SCORING = ScoringQueue()
 
 
 def _fetch_package(source: str, tracking_uri: str | None) -> tuple[Any, str | None]:
@@ -121,9 +173,7 @@ class NCFModel(Model):
             raise InvalidInput(str(exc)) from exc
 
     async def _recommend(self, queries):
-        # The forward runs on one scoring thread (torch releases the GIL), so the event loop parses and
-        # answers other requests meanwhile: HTTP work and scoring overlap when the pod has a second core.
-        recs = await asyncio.get_running_loop().run_in_executor(_SCORING_THREAD, self.recommender.recommend, queries)
+        recs = await SCORING.recommend(self.recommender, queries)
         fallbacks = sum(r.fallback for r in recs)
         if fallbacks:
             RECOMMENDATIONS.labels(self.name, "fallback").inc(fallbacks)

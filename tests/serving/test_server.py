@@ -44,3 +44,29 @@ def test_registry_source_needs_a_tracking_uri(monkeypatch):
 def test_serve_cli_reports_a_missing_package(tmp_path, capsys):
     assert server.main(["--model-uri", str(tmp_path / "nothing-here")]) == 2
     assert "no such model package" in capsys.readouterr().err
+
+
+def test_concurrent_requests_share_forwards_and_get_their_own_answers(tmp_path):
+    from ncf.package import load_package
+    from serving.predictor import ScoringQueue
+    from serving.recommender import Recommender
+
+    partition = tiny_partition(num_users=30, num_items=60, per_user=5, num_neg=5)
+    recommender = Recommender(load_package(make_package(str(tmp_path / "pkg"), partition,
+                                                        oracle_model(partition, 0.5))))
+    batch_sizes = []
+    recommend = recommender.recommend
+    recommender.recommend = lambda queries: batch_sizes.append(len(queries)) or recommend(queries)
+    queue = ScoringQueue()
+    requests = [[recommender.query(f"u{i}", 3)] for i in range(30)] + [[recommender.query("stranger", 2)]]
+
+    async def all_at_once():
+        return await asyncio.gather(*(queue.recommend(recommender, q) for q in requests))
+
+    answers = asyncio.run(all_at_once())
+    assert [a[0].user_id for a in answers] == [q[0].user_id for q in requests]
+    for (got,), query in zip(answers, requests, strict=True):
+        (want,) = recommend(query)
+        assert got.item_ids == want.item_ids and got.fallback == want.fallback
+        assert got.scores == pytest.approx(want.scores, rel=1e-5)  # batched matmuls may round differently
+    assert sum(batch_sizes) == len(requests) and max(batch_sizes) > 1  # later requests waited and went together

@@ -150,8 +150,8 @@ def build_pipeline(
     order = definition.dependency_order(steps)
     by_name = {s.name: s for s in steps}
 
-    # KFP passes pipeline parameters positionally, in signature order; required ones must come first.
-    ordered = sorted(params, key=lambda p: not p.required)
+    # KFP passes pipeline parameters positionally, in signature order; those without a default come first.
+    ordered = sorted(params, key=lambda p: p.name in overrides or not p.required)
 
     def body(*args):
         values = dict(zip([p.name for p in ordered], args, strict=True))

@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # Serving image, slim: CPU torch + kserve + the predictor. No Spark, no Java, no MLflow, no KFP: KServe's storage
-# initializer downloads the model package (storageUri) to /mnt/models before this container starts.
+# initializer downloads the model package (storageUri) to /mnt/models before this container starts (SageMaker
+# unpacks the model artifact to /opt/ml/model instead).
 # Build: make images   (or: docker build -f docker/serving.Dockerfile -t <registry>/serving:<version> .)
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
@@ -32,5 +33,7 @@ USER 10001:10001
 EXPOSE 8080 8081
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/v2/health/ready', timeout=4)"]
+# KServe passes the ServingRuntime's args; SageMaker runs `<image> serve`, which serving.server takes as: the model
+# from /opt/ml/model on 0.0.0.0:8080, no gRPC, plus GET /ping and POST /invocations (serving/sagemaker_routes.py).
 ENTRYPOINT ["python", "-m", "serving.server"]
 CMD ["--model-uri=/mnt/models", "--host=0.0.0.0", "--http-port=8080"]

@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # Training image for GPUs: the same project code on the CUDA build of the pinned torch (PyTorch's cu128 wheel
 # carries the CUDA 12.8 runtime, cuDNN and NCCL; the node supplies only the NVIDIA driver). It runs ncf/train.py
-# under torchrun: the Kubeflow Trainer TrainJob (torch-distributed runtime) and the KFP train step on GPU nodes.
+# under torchrun: the Kubeflow Trainer TrainJob (torch-distributed runtime) and the KFP train step on GPU nodes;
+# SageMaker's TrainingStep runs it as `<image> train` (docker/sagemaker-train.sh on PATH).
 # No Java here: the trainer reads the partition's Parquet files with pyarrow, never through Spark.
 # Build: make images   (or: docker build -f docker/train-cuda.Dockerfile -t <registry>/train-cuda:<version> .)
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
@@ -30,6 +31,8 @@ RUN groupadd --gid 10001 ncf && useradd --uid 10001 --gid ncf --create-home --ho
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /opt/ncf
 COPY . /opt/ncf
+# SageMaker's training contract runs `<image> train` (pipelines/sagemaker_entry.py reads /opt/ml/input/config).
+COPY --chmod=0755 docker/sagemaker-train.sh /usr/local/bin/train
 # NVIDIA_* tell the NVIDIA container runtime to mount the driver's compute libraries into this (non-CUDA) base.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

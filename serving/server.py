@@ -3,10 +3,12 @@
     ncfctl serve --model-uri runs/models/<run-id>                     # a package directory
     ncfctl serve --model-uri models:/ncf@champion --tracking-uri sqlite:///runs/mlflow.db
     python -m serving.server --host 0.0.0.0                           # in the serving image: /mnt/models
+    python -m serving.server serve                                    # SageMaker: /opt/ml/model, :8080, /ping
 
 Endpoints (KServe's): /v1/models/ncf:predict, /v2/models/ncf/infer, /v2/models/ncf (metadata),
 /v2/health/live, /v2/health/ready, /v2/repository/models/ncf/load (hot swap: re-reads the source, e.g. the
-model the `champion` alias points at now), /metrics (Prometheus). One worker: scale with replicas.
+model the `champion` alias points at now), /metrics (Prometheus); with --sagemaker-routes also SageMaker's
+/ping and /invocations (serving/sagemaker_routes.py). One worker: scale with replicas.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from ncf.config import add_arguments, from_namespace, param
 from ncf.errors import UserError, exit_on_user_error
+from serving.sagemaker_routes import SAGEMAKER_COMMAND, add_sagemaker_routes, sagemaker_argv
 
 
 @dataclasses.dataclass
@@ -39,6 +42,7 @@ class ServeConfig:
     max_instances: int = param(64, "most users per request")
     torch_threads: int = param(1, "intra-op threads for scoring (1 is fastest for one small forward per request)")
     access_log: bool = param(False, "log every request (costs throughput)")
+    sagemaker_routes: bool = param(False, "also serve SageMaker's GET /ping and POST /invocations (V1 body)")
 
 
 def resolve_source(model_uri: str) -> str:
@@ -142,6 +146,8 @@ def build_server(config: ServeConfig):
     server = HostModelServer(http_port=config.http_port, grpc_port=config.grpc_port, workers=1,
                              enable_grpc=config.enable_grpc, registered_models=NCFRepository(new_model),
                              enable_latency_logging=False, grace_period=5)
+    if config.sagemaker_routes:
+        add_sagemaker_routes(server.dataplane, config.model_name)
     quiet = logging.WARNING
     logging.getLogger("kserve.trace").setLevel(quiet)  # a timing line per request otherwise
     if not config.access_log:
@@ -164,6 +170,9 @@ def _bad_requests_are_400() -> None:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [SAGEMAKER_COMMAND]:  # SageMaker starts endpoint containers as `<image> serve`
+        argv = sagemaker_argv(argv[1:])
     parser = argparse.ArgumentParser(prog="ncfctl serve", description=__doc__.split("\n")[0])
     add_arguments(parser, ServeConfig)
     config = from_namespace(ServeConfig, parser.parse_args(argv))

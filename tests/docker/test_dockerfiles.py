@@ -287,3 +287,36 @@ def test_serving_image_dependencies_are_all_pinned_by_constraints():
     pins = {canonicalize_name(line.split("==")[0]) for line in (REPO_ROOT / "constraints.txt").read_text().splitlines() if "==" in line}
     unpinned = _requirement_closure(requirements) - pins - {"setuptools"}  # setuptools: pip's build backend
     assert not unpinned, f"the serving image would install unpinned {sorted(unpinned)}: add them to constraints.txt"
+
+
+# ---- SageMaker's container conventions: `<image> train` and `<image> serve` ---------------------------------------
+def test_train_image_runs_sagemakers_train_command(tmp_path):
+    final = DOCKERFILES["train-cuda"].final
+    assert not final.all("ENTRYPOINT"), "train-cuda: `<image> train` and the TrainJob's torchrun must run as given"
+    (train,) = [c.split() for c in final.all("COPY") if c.split()[-1] == "/usr/local/bin/train"]
+    assert "--chmod=0755" in train, "train must be executable whatever the checkout's file modes"
+    script = REPO_ROOT / train[-2]
+    assert script.stat().st_mode & 0o111
+    subprocess.run(["sh", "-n", str(script)], check=True)
+    # Run it as SageMaker would (plus paths to read and write): it reaches pipelines.sagemaker_entry's train, whose
+    # clear error for a missing hyperparameters file names the file.
+    missing = tmp_path / "input" / "hyperparameters.json"
+    result = subprocess.run(
+        [str(script), "--hyperparameters", str(missing), "--model-dir", str(tmp_path / "model")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={"PATH": f"{sysconfig.get_path('scripts')}:/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert result.returncode == 2 and f"{missing}: cannot read" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "model").exists()
+
+
+def test_serving_image_takes_sagemakers_serve_argument():
+    from serving.sagemaker_routes import SAGEMAKER_COMMAND, SAGEMAKER_PORT
+
+    entrypoint = re.search(r"^ENTRYPOINT (\[.*\])$", (DOCKER / "serving.Dockerfile").read_text(), re.M)
+    # `<image> serve` replaces CMD only: serving.server gets `serve` (tests/serving/test_sagemaker_routes.py runs it).
+    assert json.loads(entrypoint.group(1)) == ["python", "-m", "serving.server"] and SAGEMAKER_COMMAND == "serve"
+    serving = DOCKERFILES["serving"].final
+    assert str(SAGEMAKER_PORT) in " ".join(serving.all("EXPOSE")).split()
+    (check,) = serving.all("HEALTHCHECK")
+    assert f"127.0.0.1:{SAGEMAKER_PORT}/" in check, "the HEALTHCHECK probes the port SageMaker's mode listens on"

@@ -1,9 +1,11 @@
 """The champion/challenger gate: adopt only retrains that are better on the same, newest data.
 
 1. Register the challenger (a model package) as a new version of the registered model; alias `challenger`.
-2. Score the challenger AND the current `champion` on the same test users of the newest partition (a champion's
-   old metric on old data is not comparable). Models trained on other partitions know other users / items: each
-   model is scored in its own id space, on the test rows every model can rank (the report says how many).
+2. Score the challenger AND the current `champion` on the same test rows of the newest partition, all of them,
+   with the same candidates (a champion's old metric on old data is not comparable). A model trained on another
+   partition may not know some users / items: an unknown user gets the model's popularity ranking (as in serving),
+   an unknown item ranks below every known one and the held-out item loses ties, so an unknown held-out item is a
+   miss. The report says how many rows each model ranked natively.
 3. Promote (move `champion`) only if the challenger beats the champion by at least `min_delta` (and strictly)
    on `gate_metric` and clears the absolute `floor`; the first model needs only the floor. Optionally the gain
    must be significant under a paired bootstrap over users.
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ncf import registry, storage
 from ncf.config import add_arguments, from_namespace, param
@@ -74,10 +77,12 @@ class GateResult:
     champion_version: str | None
     reason: str
     p_value: float | None
-    num_users: int
+    num_users: int  # test rows both models were scored on (every test row of the partition)
     report_uri: str
     challenger_metrics: dict[str, float]
     champion_metrics: dict[str, float] | None
+    challenger_coverage: Coverage
+    champion_coverage: Coverage | None
 
 
 def parse_metric(name: str) -> tuple[bool, str, int]:
@@ -131,56 +136,138 @@ def decide(challenger: float, champion: float | None, *, min_delta: float, floor
 
 # ---- scoring both models on the same rows --------------------------------------------------------------------
 
-def _map_ids(ids: np.ndarray, index: dict[str, int]) -> np.ndarray:
-    """Raw ids -> the model's indices; -1 where the model does not know the id."""
-    return np.fromiter((index.get(str(x), -1) for x in ids), dtype=np.int64, count=len(ids))
+_FULL_RANKING_CHUNK = 1 << 24  # scores materialised per chunk in full ranking
+_UNRANKED = np.iinfo(np.int64).max  # the rank of a held-out item the model does not know: a miss at every K
 
 
-def model_view(partition, package):
-    """The partition in the package's id space, and which test rows the model can rank (user, item, negatives)."""
-    users = _map_ids(partition.user_ids, package.user_index)
-    items = _map_ids(partition.item_ids, package.item_index)
-    test_users, test_items = users[partition.test_users], items[partition.test_items]
-    negatives = items[partition.test_negatives]
-    rankable = (test_users >= 0) & (test_items >= 0) & (negatives >= 0).all(axis=1)
-    train_users, train_items = users[partition.train_users], items[partition.train_items]
-    known_pair = (train_users >= 0) & (train_items >= 0)
-    view = dataclasses.replace(
-        partition,
-        train_users=train_users[known_pair].astype(np.int32), train_items=train_items[known_pair].astype(np.int32),
-        train_ts=partition.train_ts[known_pair], test_users=test_users.astype(np.int32),
-        test_items=test_items.astype(np.int32), test_negatives=negatives.astype(np.int32),
-        user_ids=np.asarray(package.user_ids, dtype=object), item_ids=np.asarray(package.item_ids, dtype=object),
-    )
-    return view, rankable
+@dataclasses.dataclass
+class Coverage:
+    """How much of the newest partition's test set a model knows (the rest is scored by the fallback rules)."""
 
-
-def _rows(view, keep: np.ndarray):
-    return dataclasses.replace(view, test_users=view.test_users[keep], test_items=view.test_items[keep],
-                               test_negatives=view.test_negatives[keep])
+    rows: int  # test rows scored (all of them, for every model)
+    known_user: int  # rows whose user is in the model's id map (else: popularity fallback)
+    known_test_item: int  # rows whose held-out item the model knows (else: ranked last, a miss)
+    native: int  # rows the model ranks entirely itself: known user, test item and every sampled negative
 
 
 @dataclasses.dataclass
 class Scores:
     metrics: dict[str, float]
-    per_user: np.ndarray  # the gate metric, per test row
+    per_user: np.ndarray  # the gate metric per test row, aligned with partition.test_users
+    coverage: Coverage
 
 
-def score_packages(packages: list, partition, gate_metric: str) -> tuple[list[Scores], int]:
-    """Evaluate each package on the test rows that every package can rank; returns scores and the row count."""
-    from ncf.evaluate import evaluate
+def _map_ids(ids: np.ndarray, index: dict[str, int]) -> np.ndarray:
+    """Raw ids -> the model's indices; -1 where the model does not know the id."""
+    return np.fromiter((index.get(str(x), -1) for x in ids), dtype=np.int64, count=len(ids))
+
+
+class _PartitionScorer:
+    """One package's scores for the partition's users and items, indexed in the PARTITION's id space.
+
+    - A known user gets the model's logits; an unknown user the package's training popularity (what serving falls
+      back to), so every row is scored.
+    - An item the model does not know scores -inf: below every item it knows (a NaN logit counts the same).
+    Ranks count competitors scoring >= the held-out item, so the held-out item loses every tie (with another known
+    item, or with unknown items when its own logit is NaN). A held-out item the model does not know gets rank
+    `_UNRANKED`: a miss at every K, whatever the number of candidates.
+    """
+
+    def __init__(self, package, partition):
+        from ncf.scoring import ItemScorer
+
+        self.scorer = ItemScorer(package.model)
+        self.users = torch.as_tensor(_map_ids(partition.user_ids, package.user_index))
+        self.items = torch.as_tensor(_map_ids(partition.item_ids, package.item_index))
+        self.known_items = self.items >= 0
+        popularity = torch.as_tensor(package.popularity, dtype=torch.float32)
+        self.popularity = torch.where(self.known_items, popularity[self.items.clamp(min=0)], -math.inf)
+
+    def _logits(self, users: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
+        """Rows for partition `users`: all partition items (items None) or per-row candidates [B, C]."""
+        model_users = self.users[users]
+        known_user = model_users >= 0
+        width = len(self.items) if items is None else items.shape[1]
+        out = self.popularity.expand(len(users), -1).clone() if items is None else self.popularity[items]
+        if known_user.any():
+            kept = model_users[known_user]
+            if items is None:
+                native = self.scorer.score_all(kept)[:, self.items.clamp(min=0)]
+            else:
+                native = self.scorer.score_candidates(kept, self.items[items[known_user]].clamp(min=0))
+            out[known_user] = native.float().cpu()
+        known = self.known_items.expand(len(users), -1) if items is None else self.known_items[items]
+        out = torch.nan_to_num(out, nan=-math.inf)  # a NaN logit ranks like an unknown item
+        return torch.where(known, out, torch.full((len(users), width), -math.inf))
+
+    def sampled_ranks(self, partition) -> np.ndarray:
+        """Rank of each held-out item among the test row's sampled negatives."""
+        users = torch.as_tensor(partition.test_users, dtype=torch.long)
+        candidates = torch.cat([torch.as_tensor(partition.test_items, dtype=torch.long)[:, None],
+                                torch.as_tensor(partition.test_negatives, dtype=torch.long)], dim=1)
+        scores = self._logits(users, candidates)
+        return self._unknown_misses(partition, (scores[:, 1:] >= scores[:, :1]).sum(dim=1).numpy())
+
+    def _unknown_misses(self, partition, ranks: np.ndarray) -> np.ndarray:
+        unknown = ~self.known_items[torch.as_tensor(partition.test_items, dtype=torch.long)].numpy()
+        ranks[unknown] = _UNRANKED
+        return ranks
+
+    def full_ranks(self, partition, seen_indptr: np.ndarray, seen_indices: np.ndarray) -> np.ndarray:
+        """Rank of each held-out item among every partition item the user did not train on."""
+        users = np.asarray(partition.test_users, dtype=np.int64)
+        pos_items = np.asarray(partition.test_items, dtype=np.int64)
+        step = max(1, _FULL_RANKING_CHUNK // max(1, len(self.items)))
+        out = np.empty(users.size, dtype=np.int64)
+        for lo in range(0, users.size, step):
+            u, pos = users[lo:lo + step], torch.as_tensor(pos_items[lo:lo + step])
+            scores = self._logits(torch.as_tensor(u), None)
+            rows = torch.arange(len(u))
+            competes = torch.ones_like(scores, dtype=torch.bool)
+            counts = seen_indptr[u + 1] - seen_indptr[u]
+            flat = np.repeat(seen_indptr[u] - np.cumsum(np.r_[0, counts[:-1]]), counts) + np.arange(counts.sum())
+            competes[torch.as_tensor(np.repeat(np.arange(len(u)), counts)),
+                     torch.as_tensor(seen_indices[flat].astype(np.int64))] = False
+            competes[rows, pos] = False  # the held-out item does not compete with itself
+            out[lo:lo + step] = ((scores >= scores[rows, pos][:, None]) & competes).sum(dim=1).numpy()
+        return self._unknown_misses(partition, out)
+
+    def coverage(self, partition) -> Coverage:
+        known_user = (self.users[torch.as_tensor(partition.test_users, dtype=torch.long)] >= 0).numpy()
+        known_test = self.known_items[torch.as_tensor(partition.test_items, dtype=torch.long)].numpy()
+        known_negatives = self.known_items[torch.as_tensor(partition.test_negatives, dtype=torch.long)].numpy()
+        native = known_user & known_test & known_negatives.all(axis=1)
+        return Coverage(len(known_user), int(known_user.sum()), int(known_test.sum()), int(native.sum()))
+
+
+@torch.no_grad()
+def score_packages(packages: list, partition, gate_metric: str) -> list[Scores]:
+    """Evaluate every package on ALL test rows of `partition` (the same rows, the same candidates for each).
+
+    Both protocols, as `ncf.evaluate` defines them: sampled (held-out item vs. its sampled negatives) and full
+    ranking (vs. every item of the partition the user did not train on in the partition). Candidates are the
+    partition's items, so a model is neither helped by items that left the catalogue nor excused for items it has
+    never seen; see `_PartitionScorer` for unknown users / items.
+    """
+    from ncf.evaluate import hit_ndcg
+    from ncf.sampling import seen_csr
 
     full, kind, top_k = parse_metric(gate_metric)
-    views = [model_view(partition, p) for p in packages]
-    keep = np.logical_and.reduce([rankable for _, rankable in views])
-    if not keep.any():
-        raise UserError(f"{partition.uri}: no test user can be ranked by every model (disjoint id maps)")
+    if len(partition.test_users) == 0:
+        raise UserError(f"{partition.uri}: the partition has no test rows to score the gate on")
+    seen_indptr, seen_indices = seen_csr(partition.train_users, partition.train_items, partition.num_users)
     out = []
-    for package, (view, _) in zip(packages, views, strict=True):
-        result = evaluate(package.model, _rows(view, keep), top_k, full_ranking=True)
-        per_user = getattr(result, f"{'full_' if full else ''}{kind}_per_user")
-        out.append(Scores(result.metrics(), per_user))
-    return out, int(keep.sum())
+    for package in packages:
+        scorer = _PartitionScorer(package, partition)
+        per_protocol = {
+            "": hit_ndcg(scorer.sampled_ranks(partition), top_k),
+            "full_": hit_ndcg(scorer.full_ranks(partition, seen_indptr, seen_indices), top_k),
+        }
+        metrics = {f"{prefix}{name}@{top_k}": float(values.mean())
+                   for prefix, (hit, ndcg) in per_protocol.items() for name, values in (("hr", hit), ("ndcg", ndcg))}
+        hit, ndcg = per_protocol["full_" if full else ""]
+        out.append(Scores(metrics, hit if kind == "hr" else ndcg, scorer.coverage(partition)))
+    return out
 
 
 # ---- the step ---------------------------------------------------------------------------------------------
@@ -214,6 +301,15 @@ def _render_html(report: dict[str, Any]) -> str:
         f"<tr><td>{html.escape(m)}</td><td>{cell(report['challenger_metrics'], m)}</td>"
         f"<td>{cell(report.get('champion_metrics'), m)}</td></tr>" for m in metrics)
     champion = f"v{report['champion_version']}" if report["champion_version"] else "none"
+
+    def coverage(name, cov):
+        return "" if not cov else (
+            f"<li>{name}: {cov['native']} of {cov['rows']} rows ranked natively; {cov['rows'] - cov['known_user']} "
+            f"unknown users (popularity fallback), {cov['rows'] - cov['known_test_item']} unknown held-out items "
+            f"(misses)</li>")
+
+    coverages = coverage(f"challenger v{report['version']}", report["challenger_coverage"]) + coverage(
+        f"champion {champion}", report.get("champion_coverage"))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Gate: {html.escape(report['model_name'])}
 v{report['version']}</title><style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 12px;
 border-bottom:1px solid #ddd;text-align:right}}td:first-child,th:first-child{{text-align:left}}</style></head><body>
@@ -222,6 +318,7 @@ border-bottom:1px solid #ddd;text-align:right}}td:first-child,th:first-child{{te
 <p>Gate metric <b>{html.escape(report['gate_metric'])}</b>, min_delta {report['min_delta']}, floor {report['floor']};
 scored on {report['num_users']} test users of <code>{html.escape(report['partition_uri'])}</code>.
 Champion before the gate: {champion}.</p>
+<ul>{coverages}</ul>
 <table><tr><th>metric</th><th>challenger v{report['version']}</th><th>champion {champion}</th></tr>{rows}</table>
 <p><small>{html.escape(report['decided_at'])}</small></p></body></html>
 """
@@ -251,8 +348,9 @@ def run(config: GateConfig) -> GateResult:
         with tempfile.TemporaryDirectory(prefix="ncf-champion-") as tmp:
             packages.append(load_package(registry.download_package(tracking_uri, config.model_name,
                                                                    str(previous.version), tmp)))
-    scores, num_users = score_packages(packages, partition, config.gate_metric)
+    scores = score_packages(packages, partition, config.gate_metric)
     chall, champ = scores[0], (scores[1] if previous is not None else None)
+    num_users = chall.coverage.rows
 
     decision = decide(
         chall.metrics[config.gate_metric], champ.metrics[config.gate_metric] if champ else None,
@@ -271,9 +369,11 @@ def run(config: GateConfig) -> GateResult:
         "gate.challenger_score": f"{chall.metrics[config.gate_metric]:.6f}",
         "gate.reason": decision.reason,
         "gate.num_users": str(num_users),
+        "gate.challenger_native_rows": str(chall.coverage.native),
     })
     if previous is not None:
-        tags.update({"gate.champion_score": f"{champion_score:.6f}", "gate.champion_version": str(previous.version)})
+        tags.update({"gate.champion_score": f"{champion_score:.6f}", "gate.champion_version": str(previous.version),
+                     "gate.champion_native_rows": str(champ.coverage.native)})
     if decision.p_value is not None:
         tags["gate.p_value"] = f"{decision.p_value:.6f}"
     version = registry.register_package(
@@ -290,7 +390,8 @@ def run(config: GateConfig) -> GateResult:
         gate_metric=config.gate_metric, challenger_score=chall.metrics[config.gate_metric],
         champion_score=champion_score, champion_version=None if previous is None else str(previous.version),
         reason=decision.reason, p_value=decision.p_value, num_users=num_users, report_uri=str(report_uri),
-        challenger_metrics=chall.metrics, champion_metrics=champ.metrics if champ else None)
+        challenger_metrics=chall.metrics, champion_metrics=champ.metrics if champ else None,
+        challenger_coverage=chall.coverage, champion_coverage=champ.coverage if champ else None)
     report = {**dataclasses.asdict(result), "min_delta": config.min_delta, "floor": config.floor,
               "partition_uri": partition.uri, "model_uri": config.model_uri, "tracking_uri": tracking_uri,
               "decided_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}

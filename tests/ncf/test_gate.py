@@ -72,11 +72,12 @@ def test_gate_metric_names():
         gate.parse_metric("auc")
 
 
-# ---- fair scoring across id maps ----------------------------------------------------------------------------
+# ---- fair scoring: the same rows for every model, whatever ids it knows ------------------------------------------
 
 
 def test_champion_is_scored_in_its_own_id_space():
-    """A champion trained when ids had other indices (and fewer users) ranks the same users the same way."""
+    """A champion trained when ids had other indices ranks the same users the same way; users it never saw are
+    still scored (popularity fallback), so both models are compared on every row."""
     from ncf.evaluate import evaluate
     from ncf.package import load_package
 
@@ -93,11 +94,93 @@ def test_champion_is_scored_in_its_own_id_space():
         test_negatives=np.r_[old.test_negatives[perm], new.test_negatives[30:]].astype(np.int32))
     with tempfile.TemporaryDirectory() as tmp:
         champion = load_package(make_package(f"{tmp}/old", old, model))
-        (scores,), num_users = gate.score_packages([champion], new, "ndcg@10")
+        (scores,) = gate.score_packages([champion], new, "ndcg@10")
     direct = evaluate(model, old, 10)
-    assert num_users == 30
-    assert scores.metrics["ndcg@10"] == pytest.approx(direct.ndcg)
-    assert scores.metrics["hr@10"] == pytest.approx(direct.hr)
+    assert scores.coverage == gate.Coverage(rows=40, known_user=30, known_test_item=40, native=30)
+    assert scores.per_user.shape == (40,)
+    np.testing.assert_allclose(scores.per_user[:30], direct.ndcg_per_user[perm], rtol=1e-6)
+
+
+def _hand_package(directory, *, user_ids, item_ids, item_scores, popularity):
+    """A GMF with one factor: logit(user, item) = item_scores[item] for every known user."""
+    import torch
+
+    from ncf.models import ModelSpec, build_model
+    from ncf.package import load_package, save_package
+
+    model = build_model(ModelSpec("GMF", len(user_ids), len(item_ids), factor_num=1))
+    with torch.no_grad():
+        model.embed_user_GMF.weight.fill_(1.0)
+        model.embed_item_GMF.weight.copy_(torch.tensor(item_scores, dtype=torch.float32)[:, None])
+        model.predict_layer.weight.fill_(1.0)
+        model.predict_layer.bias.zero_()
+    save_package(directory, model.eval(), user_ids=user_ids, item_ids=item_ids,
+                 seen_indptr=np.zeros(len(user_ids) + 1, dtype=np.int64), seen_indices=np.zeros(0, dtype=np.int32),
+                 popularity=np.asarray(popularity, dtype=np.float32), metrics={})
+    return load_package(directory)
+
+
+def test_unknown_users_and_items_hand_checked():
+    """Unknown items rank below every known item, the held-out item loses ties, an unknown held-out item is a miss
+    at every K, and a user the model never saw gets its popularity ranking."""
+    from ncf.data import Partition
+
+    items = np.asarray(["a", "b", "c", "d", "e"], dtype=object)
+    a, b, c, d, e = range(5)
+    partition = Partition(
+        uri="memory://hand", train_users=np.asarray([0, 1, 2], dtype=np.int32),
+        train_items=np.asarray([a, e, d], dtype=np.int32), train_ts=np.zeros(3, dtype=np.int64),
+        test_users=np.asarray([0, 1, 2], dtype=np.int32), test_items=np.asarray([b, d, c], dtype=np.int32),
+        test_negatives=np.asarray([[a, c, d], [a, b, c], [a, b, e]], dtype=np.int32),
+        user_ids=np.asarray(["u0", "u1", "u2"], dtype=object), item_ids=items, stats={})
+    with tempfile.TemporaryDirectory() as tmp:
+        # Knows u0, u1 and items a, b, c (and x, which left the catalogue); d and e are new.
+        champion = _hand_package(f"{tmp}/champion", user_ids=["u0", "u1"], item_ids=["x", "c", "b", "a"],
+                                 item_scores=[9.0, 2.0, 2.0, 3.0], popularity=[7.0, 5.0, 10.0, 1.0])
+        sampled, full = (gate.score_packages([champion], partition, metric)[0] for metric in ("hr@10", "full_ndcg@10"))
+
+    # Sampled ranks (competitors scoring >= the held-out item):
+    #   u0: b=2 vs a=3 (above), c=2 (tie: b loses), d unknown (-inf)            -> rank 2
+    #   u1: held-out d is unknown                                               -> miss, even though K=10 > 4 candidates
+    #   u2: unknown user -> popularity: c=5 vs a=1, b=10 (above), e unknown     -> rank 1
+    np.testing.assert_array_equal(sampled.per_user, [1.0, 0.0, 1.0])
+    assert sampled.metrics["ndcg@10"] == pytest.approx((1 / np.log2(4) + 0 + 1 / np.log2(3)) / 3)
+    # Full ranks among every partition item but the user's training items:
+    #   u0 (trained a): b=2 vs c=2 (tie), d, e unknown                          -> rank 1
+    #   u1 (trained e): d unknown                                                -> miss
+    #   u2 (trained d; popularity): c=5 vs a=1, b=10, e unknown                 -> rank 1
+    np.testing.assert_allclose(full.per_user, [1 / np.log2(3), 0.0, 1 / np.log2(3)])
+    assert sampled.coverage == gate.Coverage(rows=3, known_user=2, known_test_item=2, native=0)
+
+
+def test_catalogue_shift_gives_a_decision(tmp_path):
+    """A champion trained before items and users crossed the preprocess filter: no test row of the newest partition
+    is fully known to it (the old rule failed with "no test user can be ranked by every model"), yet the gate
+    scores both models on every row and decides."""
+    old = tiny_partition(num_users=50, num_items=100, seed=11, uri=str(tmp_path / "data" / "dt=2026-11-26"))
+    new = tiny_partition(num_users=60, num_items=120, seed=12, uri=str(tmp_path / "data" / "dt=2026-11-27"))
+    # Every test row of the newest partition has a candidate the champion never saw.
+    new.test_negatives[:, 0] = 100 + np.arange(60) % 20
+    for partition in (old, new):
+        write_partition(partition, partition.uri)
+    champion_uri = make_package(str(tmp_path / "models" / "old"), old, oracle_model(old, 1.0, 0))
+    challenger_uri = make_package(str(tmp_path / "models" / "new"), new, oracle_model(new, 0.5, 1))
+    assert gate.run(gate.GateConfig(model_uri=champion_uri, partition_uri=old.uri)).promoted
+
+    result = gate.run(gate.GateConfig(model_uri=challenger_uri, partition_uri=new.uri, bootstrap_samples=200))
+    assert result.promoted and result.challenger_score > result.champion_score
+    assert result.p_value is not None and result.p_value <= 0.05  # paired over the same 60 rows
+    assert result.num_users == 60
+    assert result.challenger_coverage == gate.Coverage(rows=60, known_user=60, known_test_item=60, native=60)
+    champion = result.champion_coverage
+    assert (champion.rows, champion.known_user, champion.native) == (60, 50, 0)
+    assert champion.known_test_item == int(np.count_nonzero(new.test_items < 100))
+    report = json.loads((tmp_path / "reports" / "gate" / f"ncf-v{result.version}" / "gate.json").read_text())
+    assert report["champion_coverage"]["native"] == 0 and report["challenger_coverage"]["native"] == 60
+    tags = registry.alias_version(registry.default_tracking_uri(tmp_path), "ncf", "champion").tags
+    assert tags["gate.champion_native_rows"] == "0" and tags["gate.challenger_native_rows"] == "60"
+    assert "0 of 60 rows ranked natively" in (tmp_path / "reports" / "gate" / f"ncf-v{result.version}"
+                                                / "gate.html").read_text()
 
 
 # ---- real gate runs (sqlite MLflow, local storage) -------------------------------------------------------------

@@ -48,9 +48,9 @@ class TrainConfig:
     partition_uri: str = param(help="the dt=YYYY-MM-DD partition to train on (local path or s3://)")
     output_uri: str = param(help="where the model package is published (local path or s3://)")
     # The seed's hyperparameters, same names and meaning. Defaults: the recommended configuration (docs/training.md).
-    epochs: int = param(20, "maximum training epochs", pipeline=True)
-    lr: float = param(0.001, "Adam learning rate", pipeline=True)
-    batch_size: int = param(256, "training samples per step (per process under torchrun)", pipeline=True)
+    epochs: int = param(30, "maximum training epochs (per stage when pretraining)", pipeline=True)
+    lr: float = param(0.002, "Adam learning rate", pipeline=True)
+    batch_size: int = param(1024, "training samples per step (per process under torchrun)", pipeline=True)
     top_k: int = param(10, "K of HR@K / NDCG@K", pipeline=True)
     dropout: float = param(0.3, "dropout before each MLP layer", pipeline=True)
     factor_num: int = param(32, "predictive factors: GMF embedding size and the last MLP layer's width", pipeline=True)
@@ -60,10 +60,11 @@ class TrainConfig:
     experiment: str = param("ncf-train", "MLflow experiment name")
     num_neg: int = param(4, "sampled negatives per training positive")
     weight_decay: float = param(0.0, "L2 weight decay (Adam)")
-    recency_weight: float = param(0.0, "weight each user's positives by recency: 1 + r * recency_weight for the r-th "
+    recency_weight: float = param(4.0, "weight each user's positives by recency: 1 + r * recency_weight for the r-th "
                                        "fraction of the user's history (0 oldest, 1 latest), normalised to mean 1; "
                                        "0: off (the paper's uniform weights)")
-    pretrain: bool = param(False, "NeuMF only: train GMF and MLP first and initialise NeuMF from them (alpha 0.5)")
+    pretrain: bool = param(True, "NeuMF: train GMF and MLP first and initialise NeuMF from them (alpha 0.5); "
+                                 "ignored for GMF / MLP")
     patience: int = param(3, "early stopping: epochs without validation improvement; 0: no validation split, "
                              "train every epoch and keep the last")
     preset: str = param("", "named hyperparameter set applied to fields left at their defaults", choices=("", *PRESETS))
@@ -101,8 +102,6 @@ def _validate(config: TrainConfig) -> None:
         raise UserError(f"lr: must be a positive number, got {config.lr}")
     if config.weight_decay < 0 or config.patience < 0 or config.recency_weight < 0:
         raise UserError("weight_decay, patience and recency_weight must be >= 0")
-    if config.pretrain and config.model != "NeuMF":
-        raise UserError(f"pretrain: only NeuMF is pretrained (from GMF + MLP), not {config.model}")
 
 
 def _mlp_layers(text: str) -> tuple[int, ...]:
@@ -129,6 +128,23 @@ class _Runtime:
         return self.world_size > 1
 
 
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed blocks up to 32 MB instead of mmap/munmap-ing them on every allocation.
+
+    Each CPU step allocates fresh dense embedding gradients (MBs); by default glibc maps and unmaps them every
+    step and the page faults cost as much as the step's arithmetic at batch 256. No-op off glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def _setup_runtime(config: TrainConfig) -> _Runtime:
     want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
@@ -141,6 +157,7 @@ def _setup_runtime(config: TrainConfig) -> _Runtime:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if want_cuda else "gloo")
     if device.type == "cpu":
+        keep_freed_memory()
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
         per_process = max(1, cores // local_world)
@@ -369,7 +386,9 @@ def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainCo
                     best["bad_epochs"] += 1
                 stop[0] = float(best["bad_epochs"] >= config.patience)
             history.append(record)
-            print(_metric_line(hr, ndcg, epoch_loss), flush=True)
+            # Only the final model's epochs feed the seed's dashboards; pretraining stages report on stderr.
+            print(_metric_line(hr, ndcg, epoch_loss), file=sys.stdout if stage == config.model else sys.stderr,
+                  flush=True)
             validation = (f" validation hr@{config.top_k}={record.val_hr:.4f} ndcg@{config.top_k}={record.val_ndcg:.4f}"
                           if record.val_hr is not None else "")
             print(f"[{stage}] epoch {epoch + 1}/{config.epochs} {time.perf_counter() - started:.1f}s{validation}",
@@ -478,7 +497,7 @@ def run(config: TrainConfig) -> TrainResult:
     failed = True
     try:
         started = time.perf_counter()
-        if config.pretrain:
+        if config.pretrain and config.model == "NeuMF":
             gmf, _, _ = _train_stage("GMF", _init_model(spec, "GMF", config.seed), data, partition, config, runtime,
                                      ckpt_dir, fingerprint, logger)
             mlp, _, _ = _train_stage("MLP", _init_model(spec, "MLP", config.seed), data, partition, config, runtime,

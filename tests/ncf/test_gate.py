@@ -101,6 +101,21 @@ def test_champion_is_scored_in_its_own_id_space():
     np.testing.assert_allclose(scores.per_user[:30], direct.ndcg_per_user[perm], rtol=1e-6)
 
 
+def test_fully_known_rows_score_exactly_as_ncf_evaluate():
+    """With no unknown ids the gate's scoring is `ncf.evaluate`, both protocols."""
+    from ncf.evaluate import evaluate
+    from ncf.package import load_package
+
+    partition = tiny_partition(num_users=50, num_items=90, seed=4)
+    model = oracle_model(partition, noise=1.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        (scores,) = gate.score_packages([load_package(make_package(f"{tmp}/m", partition, model))], partition,
+                                        "full_ndcg@10")
+    direct = evaluate(model, partition, 10)
+    assert scores.metrics == pytest.approx(direct.metrics())
+    np.testing.assert_allclose(scores.per_user, direct.full_ndcg_per_user)
+
+
 def _hand_package(directory, *, user_ids, item_ids, item_scores, popularity):
     """A GMF with one factor: logit(user, item) = item_scores[item] for every known user."""
     import torch

@@ -51,30 +51,40 @@ class NegativeSampler:
         self.starts = torch.from_numpy(indptr[:-1].copy()).to(self.device)
         self.num_unseen = torch.from_numpy(self.num_items - counts).to(self.device)
 
+    def _item_at_rank(self, users: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+        """The `rank`-th unseen item of each user (`users` shaped [n, 1], `rank` [n, k])."""
+        seen_below = torch.searchsorted(self.keys, users * self.num_items + rank, right=True) - self.starts[users]
+        return rank + seen_below
+
     def sample(self, users: torch.Tensor, num: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
         """`num` negatives per entry of `users` (int tensor on the sampler's device): int64 [len(users), num]."""
         users = users.to(self.device, torch.long).view(-1, 1)
         uniform = torch.rand((users.shape[0], num), dtype=torch.float64, device=self.device, generator=generator)
         unseen = self.num_unseen[users]
         rank = torch.minimum((uniform * unseen).long(), unseen - 1)
-        base = users * self.num_items
-        seen_below = torch.searchsorted(self.keys, base + rank, right=True) - self.starts[users]
-        return rank + seen_below
+        return self._item_at_rank(users, rank)
 
     def sample_distinct(self, users: torch.Tensor, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """`num` distinct negatives per user (for evaluation candidate lists): int64 [len(users), num]."""
-        users = users.to(self.device, torch.long).view(-1)
-        too_few = (self.num_unseen[users] < num).nonzero()
+        """`num` distinct negatives per user (for evaluation candidate lists): int64 [len(users), num].
+
+        Floyd's algorithm over each user's unseen ranks, vectorised across users: `num` steps, each drawing one
+        rank per user, so a uniformly random subset comes out in a fixed number of steps however few unseen
+        items a user has (redrawing rows until they happen to be distinct never ends on small catalogues).
+        """
+        users = users.to(self.device, torch.long).view(-1, 1)
+        unseen = self.num_unseen[users]
+        too_few = (unseen < num).nonzero()
         if too_few.numel():
-            u = int(users[too_few[0, 0]])
+            u = int(users[too_few[0, 0], 0])
             raise UserError(f"user_idx {u}: fewer than {num} unseen items to sample evaluation negatives from")
-        out = self.sample(users, num, generator)
-        while True:  # rows with repeats are rare; redraw just those rows
-            ordered = out.sort(dim=1).values
-            dup_rows = (ordered[:, 1:] == ordered[:, :-1]).any(dim=1).nonzero().view(-1)
-            if dup_rows.numel() == 0:
-                return out
-            out[dup_rows] = self.sample(users[dup_rows], num, generator)
+        ranks = torch.empty((users.shape[0], num), dtype=torch.long, device=self.device)
+        for step in range(num):
+            upper = unseen - num + step  # draw from [0, upper]; `upper` itself is unused so far
+            uniform = torch.rand(upper.shape, dtype=torch.float64, device=self.device, generator=generator)
+            pick = torch.minimum((uniform * (upper + 1)).long(), upper)
+            taken = (ranks[:, :step] == pick).any(dim=1, keepdim=True)
+            ranks[:, step : step + 1] = torch.where(taken, upper, pick)
+        return self._item_at_rank(users, ranks)
 
 
 def leave_last_out(users: np.ndarray, items: np.ndarray, ts: np.ndarray, num_users: int) -> np.ndarray:

@@ -57,6 +57,26 @@ def test_distinct_negatives():
         sampler.sample_distinct(torch.tensor([0]), 26)
 
 
+def test_distinct_negatives_when_barely_enough_unseen_items():
+    # 383 unseen items, 99 distinct draws: redrawing whole rows until distinct would (almost) never finish.
+    sampler = NegativeSampler(np.zeros(17, dtype=int), np.arange(17) * 3, 1, 400)
+    out = sampler.sample_distinct(torch.zeros(50, dtype=torch.long), 99, torch.Generator().manual_seed(1))
+    assert all(len(set(row)) == 99 for row in out.tolist())
+    assert not set(out.flatten().tolist()) & set(range(0, 51, 3))
+    exact = NegativeSampler(np.zeros(5, dtype=int), np.arange(5), 1, 30)
+    assert sorted(exact.sample_distinct(torch.tensor([0]), 25)[0].tolist()) == list(range(5, 30))
+
+
+def test_distinct_negatives_are_uniform_over_unseen_items():
+    sampler = NegativeSampler(np.zeros(2, dtype=int), np.array([3, 7]), 1, 12)
+    out = sampler.sample_distinct(torch.zeros(20000, dtype=torch.long), 4, torch.Generator().manual_seed(2))
+    counts = np.bincount(out.flatten().numpy(), minlength=12)
+    assert counts[[3, 7]].sum() == 0
+    unseen = np.delete(counts, [3, 7])
+    # each of the 10 unseen items is in a 4-subset with probability 0.4: 8000 expected, sd ~ 69
+    assert np.all(np.abs(unseen - 8000) < 400), unseen
+
+
 def test_user_with_every_item_is_a_user_error():
     with pytest.raises(UserError, match="user_idx 1: has interacted with all 3 items"):
         NegativeSampler(np.array([1, 1, 1, 0]), np.array([0, 1, 2, 0]), 2, 3)

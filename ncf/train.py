@@ -436,12 +436,17 @@ class _Logger:
             return
         import mlflow
 
+        from ncf.registry import active_store
+
         self.mlflow = mlflow
+        # Scoped, so the store does not leak into MLFLOW_TRACKING_URI for the rest of the process.
+        self._store = contextlib.ExitStack()
         try:
-            mlflow.set_tracking_uri(config.tracking_uri)
+            self._store.enter_context(active_store(config.tracking_uri))
             mlflow.set_experiment(config.experiment)
             run = mlflow.start_run(run_name=storage.join(config.output_uri).rstrip("/").rsplit("/", 1)[-1])
         except Exception as exc:  # MLflow raises many types for unreachable / misconfigured stores
+            self._store.close()
             raise UserError(f"tracking_uri {config.tracking_uri}: cannot start an MLflow run ({exc})") from exc
         self.run_id = run.info.run_id
         mlflow.log_params({k: v for k, v in dataclasses.asdict(config).items() if k not in ("tracking_uri",)})
@@ -467,6 +472,7 @@ class _Logger:
     def close(self, failed: bool) -> None:
         if self.active:
             self.mlflow.end_run(status="FAILED" if failed else "FINISHED")
+            self._store.close()
 
 
 # ---- the step -------------------------------------------------------------------------------------------------

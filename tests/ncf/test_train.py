@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -133,6 +134,7 @@ def test_mlflow_logging(tiny_partition_uri, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id, "package")}
     assert "package/weights.safetensors" in artifacts
     assert load_package(result.model_uri).config["mlflow_run_id"] == result.mlflow_run_id
+    assert "MLFLOW_TRACKING_URI" not in os.environ, "the store must not leak into later defaults"
 
 
 def test_missing_or_incomplete_partition(tmp_path, tiny_partition, capsys):

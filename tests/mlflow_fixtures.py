@@ -22,6 +22,15 @@ import pytest
 PG_BIN = Path(os.environ.get("NCF_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
+def stop_process_group(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """Stop a server started with `start_new_session=True`: its whole process group (workers too)."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -131,70 +140,11 @@ def mlflow_server(postgres_url, moto_server):
         _wait_http(url + "/health", proc, log, timeout=120)
         yield url, bucket
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group: its workers too
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)
         log.unlink(missing_ok=True)
 
 
 # ---- tiny partitions and model packages (real files through ncf.package / the partition contract) ----------
-
-def tiny_partition(num_users: int = 40, num_items: int = 80, per_user: int = 8, num_neg: int = 20, seed: int = 0,
-                   uri: str = "memory://tiny"):
-    """A leave-one-out partition: each user's test item and negatives are never among its training items."""
-    import numpy as np
-
-    from ncf.data import Partition
-
-    rng = np.random.default_rng(seed)
-    train_u, train_i, test_i, negs = [], [], [], []
-    for u in range(num_users):
-        items = rng.choice(num_items, per_user + 1 + num_neg, replace=False)
-        train_u += [u] * per_user
-        train_i += items[:per_user].tolist()
-        test_i.append(items[per_user])
-        negs.append(items[per_user + 1:])
-    return Partition(
-        uri=uri,
-        train_users=np.asarray(train_u, dtype=np.int32),
-        train_items=np.asarray(train_i, dtype=np.int32),
-        train_ts=rng.integers(0, 10_000, len(train_u)).astype(np.int64),
-        test_users=np.arange(num_users, dtype=np.int32),
-        test_items=np.asarray(test_i, dtype=np.int32),
-        test_negatives=np.asarray(negs, dtype=np.int32),
-        user_ids=np.asarray([f"u{u}" for u in range(num_users)], dtype=object),
-        item_ids=np.asarray([f"i{i}" for i in range(num_items)], dtype=object),
-        stats={"schema_version": 1, "num_users": num_users, "num_items": num_items, "run_date": "2026-11-27"},
-    )
-
-
-def write_partition(partition, uri: str) -> str:
-    """Publish `partition` at `uri` in the partition contract's layout (Parquet tables, stats.json, _SUCCESS)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ncf import storage
-
-    p = partition
-    tables = {
-        "train": pa.table({"user_idx": p.train_users, "item_idx": p.train_items, "ts": p.train_ts}),
-        "test": pa.table({"user_idx": p.test_users, "item_idx": p.test_items}),
-        "test_negatives": pa.table({"user_idx": p.test_users,
-                                    "neg_items": pa.array(p.test_negatives.tolist(), pa.list_(pa.int32()))}),
-        "user_map": pa.table({"user_id": p.user_ids.tolist(),
-                              "user_idx": pa.array(range(p.num_users), pa.int32())}),
-        "item_map": pa.table({"item_id": p.item_ids.tolist(),
-                              "item_idx": pa.array(range(p.num_items), pa.int32())}),
-    }
-    with storage.staged_output(uri) as tmp:
-        for name, table in tables.items():
-            (tmp / name).mkdir()
-            pq.write_table(table, tmp / name / "part-0.parquet")
-        storage.write_json(tmp / "stats.json", p.stats)
-    return uri
-
 
 def oracle_model(partition, noise: float, seed: int = 0):
     """A GMF whose quality is set by `noise`: 0 ranks each user's test item first, larger is closer to random."""

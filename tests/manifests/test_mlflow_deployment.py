@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from urllib.parse import urlparse
 import pytest
 
 from tests.manifests.validation import MANIFESTS, build, kubectl
-from tests.mlflow_fixtures import free_port, postgres_url  # noqa: F401
+from tests.mlflow_fixtures import free_port, postgres_url, stop_process_group  # noqa: F401
 
 pytestmark = [
     pytest.mark.skipif(kubectl() is None, reason="kubectl (with built-in kustomize) is not on PATH"),
@@ -119,8 +118,4 @@ def test_mlflow_deployment_runs_against_postgresql_and_answers_in_cluster_hosts(
         assert status == 200 and body["experiment"]["artifact_location"].startswith(root)
         assert _request(url + "/api/2.0/mlflow/experiments/search?max_results=5", "attacker.example.com")[0] == 403
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.manifests.validation import MANIFESTS, build, kubectl
-from tests.mlflow_fixtures import free_port
+from tests.mlflow_fixtures import free_port, stop_process_group
 
 pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl (with built-in kustomize) is not on PATH")
 
@@ -26,7 +25,7 @@ pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl (with built-i
 def _tiny_package(directory: Path) -> Path:
     from ncf.models import NCF, ModelSpec
     from ncf.package import package_tables, save_package
-    from tests.ncf.conftest import make_partition
+    from tests.tiny_data import make_partition
 
     partition = make_partition()
     model = NCF(ModelSpec("NeuMF", partition.num_users, partition.num_items, factor_num=8, num_layers=2))
@@ -79,15 +78,11 @@ def test_predictor_starts_with_the_runtime_args_and_answers_its_probes(tmp_path)
         assert _get(f"http://127.0.0.1:{port}{healthcheck.group(1)}") == 200
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/models/{name}:predict",
-            data=json.dumps({"instances": [{"user_id": "user-1", "k": 3}]}).encode(),
+            data=json.dumps({"instances": [{"user_id": "u1", "k": 3}]}).encode(),
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             (prediction,) = json.load(response)["predictions"]
         assert len(prediction["item_ids"]) == 3
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)

@@ -11,7 +11,8 @@ import pytest
 
 from ncf import gate, registry
 from ncf.errors import UserError
-from tests.mlflow_fixtures import make_package, oracle_model, tiny_partition, write_partition
+from tests.mlflow_fixtures import make_package, oracle_model
+from tests.tiny_data import make_partition, write_partition
 
 # ---- the pure rule -------------------------------------------------------------------------------------------
 
@@ -81,10 +82,10 @@ def test_champion_is_scored_in_its_own_id_space():
     from ncf.evaluate import evaluate
     from ncf.package import load_package
 
-    old = tiny_partition(num_users=30, seed=3)
+    old = make_partition(num_users=30, seed=3)
     model = oracle_model(old, noise=0.8)
     # The newest partition: the same users under shuffled indices, plus 10 users the champion never saw.
-    new = tiny_partition(num_users=40, seed=3)
+    new = make_partition(num_users=40, seed=3)
     perm = np.random.default_rng(1).permutation(30)
     user_ids = new.user_ids.copy()
     user_ids[:30] = old.user_ids[perm]
@@ -106,7 +107,7 @@ def test_fully_known_rows_score_exactly_as_ncf_evaluate():
     from ncf.evaluate import evaluate
     from ncf.package import load_package
 
-    partition = tiny_partition(num_users=50, num_items=90, seed=4)
+    partition = make_partition(num_users=50, num_items=90, seed=4)
     model = oracle_model(partition, noise=1.0)
     with tempfile.TemporaryDirectory() as tmp:
         (scores,) = gate.score_packages([load_package(make_package(f"{tmp}/m", partition, model))], partition,
@@ -172,8 +173,8 @@ def test_catalogue_shift_gives_a_decision(tmp_path):
     """A champion trained before items and users crossed the preprocess filter: no test row of the newest partition
     is fully known to it (the old rule failed with "no test user can be ranked by every model"), yet the gate
     scores both models on every row and decides."""
-    old = tiny_partition(num_users=50, num_items=100, seed=11, uri=str(tmp_path / "data" / "dt=2026-11-26"))
-    new = tiny_partition(num_users=60, num_items=120, seed=12, uri=str(tmp_path / "data" / "dt=2026-11-27"))
+    old = make_partition(num_users=50, num_items=100, seed=11, uri=str(tmp_path / "data" / "dt=2026-11-26"))
+    new = make_partition(num_users=60, num_items=120, seed=12, uri=str(tmp_path / "data" / "dt=2026-11-27"))
     # Every test row of the newest partition has a candidate the champion never saw.
     new.test_negatives[:, 0] = 100 + np.arange(60) % 20
     for partition in (old, new):
@@ -205,7 +206,7 @@ def test_catalogue_shift_gives_a_decision(tmp_path):
 def store(tmp_path_factory):
     """A storage root with one partition and packages of known quality (noise: lower is better)."""
     root = tmp_path_factory.mktemp("gate-root")
-    partition = tiny_partition(num_users=60, num_items=120, uri=str(root / "data" / "dt=2026-11-27"))
+    partition = make_partition(num_users=60, num_items=120, uri=str(root / "data" / "dt=2026-11-27"))
     write_partition(partition, partition.uri)
     packages = {}
     for name, noise, seed in [("medium", 1.2, 0), ("worse", 3.0, 1), ("better", 0.5, 2), ("medium_copy", 1.2, 0)]:

@@ -10,8 +10,7 @@ from ncf.data import Partition
 from ncf.package import load_package
 from ncf.sampling import NegativeSampler
 from ncf.train import TrainConfig, run
-
-from .conftest import write_partition
+from tests.tiny_data import write_partition
 
 
 def ml100k_partition(path) -> Partition:

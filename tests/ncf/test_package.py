@@ -36,7 +36,7 @@ def test_round_trip_is_bit_identical(tmp_path, model, tiny_partition):
     assert torch.equal(ItemScorer(pkg.model).score_all(users), ItemScorer(model).score_all(users))
     assert pkg.config["model_type"] == "NeuMF" and pkg.config["schema_version"] == 1
     assert pkg.config["hyperparameters"]["epochs"] == 3 and pkg.config["partition_uri"] == "memory://tiny"
-    assert pkg.user_index["user-7"] == 7 and pkg.item_ids[3] == "item-3"
+    assert pkg.user_index["u7"] == 7 and pkg.item_ids[3] == "i3"
     assert pkg.metrics == {"hr@10": 0.5}
     assert pkg.popularity.dtype == np.float32 and pkg.popularity.sum() == tiny_partition.train_users.size
     train_items_0 = sorted(tiny_partition.train_items[tiny_partition.train_users == 0].tolist())

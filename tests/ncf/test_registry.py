@@ -16,9 +16,8 @@ from tests.mlflow_fixtures import (  # noqa: F401  (fixtures)
     oracle_model,
     postgres_url,
     s3_env,
-    tiny_partition,
-    write_partition,
 )
+from tests.tiny_data import make_partition, write_partition
 
 
 def _load_pyfunc(tracking_uri: str, uri: str):
@@ -32,7 +31,7 @@ def test_sqlite_round_trip(tmp_path):
     from ncf.package import load_package
     from serving.recommender import Recommender
 
-    partition = tiny_partition(uri=str(tmp_path / "data" / "dt=2026-11-27"))
+    partition = make_partition(uri=str(tmp_path / "data" / "dt=2026-11-27"))
     package_uri = make_package(str(tmp_path / "models" / "run-1"), partition, oracle_model(partition, 0.5))
     tracking_uri = registry.default_tracking_uri(tmp_path)
     version = registry.register_package(package_uri, tracking_uri=tracking_uri, tags={"pipeline_run_id": "r1"},
@@ -89,7 +88,7 @@ def test_server_postgres_s3_register_gate_load(mlflow_server, moto_server, s3_bu
         monkeypatch.setenv(key, value)
     tracking_uri, _ = mlflow_server
     root = f"s3://{s3_bucket}/ncf"
-    partition = tiny_partition(uri=storage.partition_uri(root, "2026-11-27"))
+    partition = make_partition(uri=storage.partition_uri(root, "2026-11-27"))
     write_partition(partition, partition.uri)
     first = make_package(f"{root}/models/run-1", partition, oracle_model(partition, 2.0))
     second = make_package(f"{root}/models/run-2", partition, oracle_model(partition, 0.3, seed=1))
@@ -114,7 +113,7 @@ def test_server_postgres_s3_register_gate_load(mlflow_server, moto_server, s3_bu
 def test_version_links_to_the_training_run_in_the_same_store(tmp_path):
     import mlflow
 
-    partition = tiny_partition(num_users=10, num_items=30, per_user=4, num_neg=5)
+    partition = make_partition(num_users=10, num_items=30, per_user=4, num_neg=5)
     package_uri = make_package(str(tmp_path / "models" / "run-1"), partition, oracle_model(partition, 1.0))
     tracking_uri = registry.default_tracking_uri(tmp_path)
     experiment_id = registry.ensure_experiment(tracking_uri, "ncf-train")

@@ -12,8 +12,7 @@ from ncf import train
 from ncf.errors import UserError
 from ncf.package import load_package
 from ncf.train import TrainConfig, apply_preset, main, run
-
-from .conftest import make_partition, write_partition
+from tests.tiny_data import make_partition, write_partition
 
 SEED_REGEXES = [r"HR=(.*?);", r"NDCG=(.*?);", r"Loss=(.*?);"]  # the seed dashboard's metric definitions
 FAST = ["--epochs", "3", "--batch-size", "64", "--factor-num", "8", "--num-layers", "2", "--progress", "off"]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mlflow_fixtures import free_port, make_package, tiny_partition
+from tests.mlflow_fixtures import free_port, make_package
+from tests.tiny_data import make_partition
 
 
 @dataclasses.dataclass
@@ -38,7 +39,7 @@ def served(tmp_path_factory):
     from serving import deploy
 
     root = tmp_path_factory.mktemp("serving-root")
-    partition = tiny_partition(num_users=50, num_items=200, per_user=12, uri=str(root / "data" / "dt=2026-11-27"))
+    partition = make_partition(num_users=50, num_items=200, per_user=12, uri=str(root / "data" / "dt=2026-11-27"))
     tracking_uri = registry.default_tracking_uri(root)
     packages = {}
     for seed in (0, 1):

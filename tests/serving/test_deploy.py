@@ -11,7 +11,8 @@ import pytest
 from ncf import registry
 from ncf.errors import UserError
 from serving import deploy
-from tests.mlflow_fixtures import make_package, oracle_model, tiny_partition
+from tests.mlflow_fixtures import make_package, oracle_model
+from tests.tiny_data import make_partition
 
 S3_PACKAGE = "s3://ncf/platform/mlflow/1/models/m-abc/artifacts/artifacts/package"
 
@@ -76,7 +77,7 @@ def test_deploy_without_a_champion_fails_clearly(tmp_path, capsys):
 
 
 def test_kserve_target_errors_name_the_problem(tmp_path, monkeypatch):
-    partition = tiny_partition(num_users=10, num_items=30, per_user=4, num_neg=5)
+    partition = make_partition(num_users=10, num_items=30, per_user=4, num_neg=5)
     package = make_package(str(tmp_path / "models" / "run"), partition, oracle_model(partition, 1.0))
     tracking_uri = registry.default_tracking_uri(tmp_path)
     version = registry.register_package(package, tracking_uri=tracking_uri).version

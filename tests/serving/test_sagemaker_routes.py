@@ -7,7 +7,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,8 @@ from ncf.config import add_arguments, from_namespace
 from serving.sagemaker_routes import SAGEMAKER_COMMAND, SAGEMAKER_MODEL_DIR, SAGEMAKER_PORT, sagemaker_argv
 from serving.server import ServeConfig
 from tests.conftest import REPO_ROOT
-from tests.mlflow_fixtures import free_port, make_package, oracle_model, tiny_partition
+from tests.mlflow_fixtures import free_port, make_package, oracle_model, stop_process_group
+from tests.tiny_data import make_partition
 
 
 def _parse(argv: list[str]) -> ServeConfig:
@@ -52,7 +52,7 @@ def _call(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def sagemaker_endpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("sagemaker-serve")
-    partition = tiny_partition(num_users=20, num_items=40, per_user=5, num_neg=5)
+    partition = make_partition(num_users=20, num_items=40, per_user=5, num_neg=5)
     package = make_package(str(root / "model"), partition, oracle_model(partition, 0.0))
     entrypoint = re.search(r"^ENTRYPOINT (\[.*\])$", (REPO_ROOT / "docker" / "serving.Dockerfile").read_text(), re.M)
     command = [sys.executable if c == "python" else c for c in json.loads(entrypoint.group(1))]
@@ -77,11 +77,7 @@ def sagemaker_endpoint(tmp_path_factory):
             time.sleep(0.3)
         yield url, partition
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)
 
 
 def test_ping_reports_the_loaded_model(sagemaker_endpoint):

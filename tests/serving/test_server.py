@@ -11,7 +11,8 @@ from kserve.errors import InvalidInput
 from ncf.errors import UserError
 from serving import server
 from serving.predictor import NCFModel
-from tests.mlflow_fixtures import make_package, oracle_model, tiny_partition
+from tests.mlflow_fixtures import make_package, oracle_model
+from tests.tiny_data import make_partition
 
 
 @pytest.mark.skipif(Path("/mnt/models/config.json").exists(), reason="/mnt/models holds a package here")
@@ -25,7 +26,7 @@ def test_source_resolution(monkeypatch):
 
 
 def test_loads_a_package_from_s3(s3_bucket):
-    partition = tiny_partition(num_users=12, num_items=30, per_user=4, num_neg=5)
+    partition = make_partition(num_users=12, num_items=30, per_user=4, num_neg=5)
     uri = make_package(f"s3://{s3_bucket}/models/run-1", partition, oracle_model(partition, 0.0))
     model = NCFModel("ncf", uri)
     assert model.load() and model.ready
@@ -51,7 +52,7 @@ def test_concurrent_requests_share_forwards_and_get_their_own_answers(tmp_path):
     from serving.predictor import ScoringQueue
     from serving.recommender import Recommender
 
-    partition = tiny_partition(num_users=30, num_items=60, per_user=5, num_neg=5)
+    partition = make_partition(num_users=30, num_items=60, per_user=5, num_neg=5)
     recommender = Recommender(load_package(make_package(str(tmp_path / "pkg"), partition,
                                                         oracle_model(partition, 0.5))))
     batch_sizes = []

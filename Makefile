@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: setup demo test test-fast lint compile bench images clean java
+.PHONY: setup demo demo-stop test test-fast lint compile bench images clean java
 
 # Idempotent: re-installs only when pyproject.toml changed since the last install.
 setup: $(STAMP)
@@ -26,6 +26,12 @@ java:
 
 demo: setup java
 	$(VENV)/bin/ncfctl run
+
+# The demo leaves its predictor running on 127.0.0.1:8080 so you can query it; this stops it.
+demo-stop: setup
+	$(PY) -c 'import json, pathlib; from serving.deploy import stop_local_server; \
+	  state = pathlib.Path("runs/demo/serving/ncf-local.json"); \
+	  state.exists() and stop_local_server(int(json.loads(state.read_text())["pid"]))'
 
 test: setup java
 	bash scripts/ensure_postgres.sh

@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # kfp.local streams each step's output as it comes: unbuffered, per-epoch lines show up live.
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # MLflow's per-file download bars would flood the streamed step logs.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     pipeline_root = root / "kfp"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))

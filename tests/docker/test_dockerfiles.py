@@ -82,7 +82,8 @@ def test_the_makefile_images_target_builds_exactly_these_files():
     from pipelines import images
 
     # `make -n` expands the loop as the shell would see it; run it through bash with `docker` echoed.
-    recipe = subprocess.run(["make", "-n", "images"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    recipe = subprocess.run(["make", "--no-print-directory", "-n", "images"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, check=True)
     commands = subprocess.run(
         ["bash", "-c", "docker() { echo docker \"$@\"; }\n" + recipe.stdout],
         capture_output=True, text=True, check=True,

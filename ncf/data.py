@@ -72,10 +72,7 @@ def _id_lookup(table, id_col: str, idx_col: str, uri: str) -> np.ndarray:
 
 def load_partition(uri: str | Path) -> Partition:
     uri = str(uri)
-    if not storage.exists(uri):
-        raise UserError(f"{uri}: no such partition")
-    if not storage.is_complete(uri):
-        raise UserError(f"{uri}: partition is incomplete (no _SUCCESS marker); re-run preprocessing")
+    storage.require_complete(uri, "partition", hint="re-run preprocessing")
     with storage.local_copy(uri) as root:
         stats = storage.read_json(root / "stats.json")
         if stats.get("schema_version") != SCHEMA_VERSION:

@@ -104,10 +104,7 @@ def load_package(uri: str | Path) -> ModelPackage:
     from safetensors.torch import load
 
     uri = str(uri)
-    if not storage.exists(uri):
-        raise UserError(f"{uri}: no such model package")
-    if not storage.is_complete(uri):
-        raise UserError(f"{uri}: model package is incomplete (no _SUCCESS marker)")
+    storage.require_complete(uri, "model package")
     with storage.local_copy(uri) as root:
         missing = [name for name in FILES if not (root / name).exists()]
         if missing:

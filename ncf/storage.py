@@ -93,6 +93,14 @@ def is_complete(uri: str | os.PathLike) -> bool:
     return exists(join(uri, SUCCESS))
 
 
+def require_complete(uri: str | os.PathLike, what: str, hint: str = "") -> None:
+    """Raise a UserError naming `uri` unless it exists and carries `_SUCCESS` (`what`: "partition", ...)."""
+    if not exists(uri):
+        raise UserError(f"{uri}: no such {what}")
+    if not is_complete(uri):
+        raise UserError(f"{uri}: {what} is incomplete (no _SUCCESS marker)" + (f"; {hint}" if hint else ""))
+
+
 def read_bytes(uri: str | os.PathLike) -> bytes:
     if is_s3(uri):
         bucket, key = split_s3(str(uri))

@@ -80,3 +80,13 @@ def test_s3_publish_download_and_replace(tmp_path, s3_bucket):
 def test_s3_missing_object_is_a_user_error(s3_bucket):
     with pytest.raises(UserError, match="no such S3 object or prefix"), storage.local_copy(f"s3://{s3_bucket}/nope"):
         pass
+
+
+def test_require_complete_names_what_is_missing(tmp_path):
+    with pytest.raises(UserError, match=r"no such partition"):
+        storage.require_complete(tmp_path / "dt=2026-01-01", "partition")
+    (tmp_path / "dt=2026-01-01").mkdir()
+    with pytest.raises(UserError, match=r"partition is incomplete \(no _SUCCESS marker\); re-run preprocessing"):
+        storage.require_complete(tmp_path / "dt=2026-01-01", "partition", hint="re-run preprocessing")
+    (tmp_path / "dt=2026-01-01" / storage.SUCCESS).touch()
+    storage.require_complete(tmp_path / "dt=2026-01-01", "partition")

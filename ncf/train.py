@@ -9,6 +9,10 @@ exactly and vectorised (ncf/sampling.py), shuffles with one permutation and slic
 Per epoch it prints the seed's metric line `HR=0.xxxx; NDCG=0.xxxx; Loss=0.xxxx;` (test set, sampled protocol,
 for the dashboards that scrape it) and checkpoints. With `patience > 0` the latest training interaction of each
 user is held out as a validation split; epochs (and early stopping) are chosen on it, never on the test set.
+With `--refit true` that selection pass is followed by a refit pass: every stage is retrained from scratch on
+all of train (validation rows back in) for exactly its selected epoch count, and the refit model is exported.
+The held-out interaction is each user's most recent one, the strongest signal for the test interaction, so
+training on it pays.
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ class TrainConfig:
                                  "ignored for GMF / MLP")
     patience: int = param(3, "early stopping: epochs without validation improvement; 0: no validation split, "
                              "train every epoch and keep the last")
+    refit: bool = param(False, "retrain every stage from scratch on all of train (validation rows back in) "
+                               "for exactly its validation-selected epoch count and export that model; "
+                               "ignored with patience 0 (no validation split)")
     preset: str = param("", "named hyperparameter set applied to fields left at their defaults", choices=("", *PRESETS))
     mlp_layers: str = param("", "explicit MLP tower, e.g. 256,256,128,64 (input width first); overrides num_layers")
     seed: int = param(42, "random seed (full determinism on CPU)")
@@ -171,7 +178,7 @@ def _setup_runtime(config: TrainConfig) -> _Runtime:
 
 @dataclasses.dataclass
 class _Data:
-    users: torch.Tensor  # training positives (validation rows removed), on device
+    users: torch.Tensor  # training positives (validation rows removed when held out), on device
     items: torch.Tensor
     sampler: NegativeSampler  # negatives avoid exactly the training positives above
     weights: torch.Tensor | None  # per-positive loss weights (recency), None: uniform
@@ -180,10 +187,11 @@ class _Data:
     val_negatives: np.ndarray | None
 
 
-def _prepare_data(partition, config: TrainConfig, device: torch.device) -> _Data:
+def _prepare_data(partition, config: TrainConfig, device: torch.device, hold_out: bool) -> _Data:
+    """The training set on the device; `hold_out`: carve the validation split out of it first."""
     users, items = partition.train_users, partition.train_items
     val_users = val_items = val_negatives = None
-    if config.patience > 0:
+    if hold_out:
         held_out = leave_last_out(users, items, partition.train_ts, partition.num_users)
         if held_out.size == 0:
             raise UserError(f"{partition.uri}: no user has 2+ training interactions to carve a validation split "
@@ -317,9 +325,22 @@ class EpochRunner:
         return loss_sum
 
 
+def _refits(config: TrainConfig) -> bool:
+    """Whether a refit pass follows the selection pass; it needs the validation split to pick its epochs."""
+    return config.refit and config.patience > 0
+
+
 def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainConfig, runtime: _Runtime,
-                 ckpt_dir: str, fingerprint: str, logger) -> tuple[NCF, list[_EpochRecord], dict[str, Any]]:
-    """Train `model` for up to config.epochs; returns the selected model, its history and summary numbers."""
+                 ckpt_dir: str, fingerprint: str, logger, epochs: int,
+                 refit: bool) -> tuple[NCF, list[_EpochRecord], dict[str, Any]]:
+    """Train `model` for up to `epochs`; returns the selected model, its history and summary numbers.
+
+    `refit`: this is the refit pass's run of the stage: same seeds as the selection pass, its own checkpoint
+    file, progress label and MLflow keys.
+    """
+    label = f"{stage}-refit" if refit else stage
+    # Only the exported model's epochs feed the seed's dashboards: with a refit pass, those are the refit's.
+    final = stage == config.model and refit == _refits(config)
     device = runtime.device
     model.to(device)
     fused = device.type in ("cuda", "cpu")
@@ -333,7 +354,7 @@ def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainCo
         train_module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(train_module) if config.compile else train_module
 
-    ckpt_uri = storage.join(ckpt_dir, f"{stage}.pt")
+    ckpt_uri = storage.join(ckpt_dir, f"{label}.pt")
     history: list[_EpochRecord] = []
     best = {"score": -1.0, "epoch": 0, "state": None, "bad_epochs": 0}
     start_epoch = 0
@@ -346,19 +367,19 @@ def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainCo
         best = state["best"]
         start_epoch = state["epoch"]
         if runtime.is_main:
-            print(f"[{stage}] resuming after epoch {start_epoch} from {ckpt_uri}", file=sys.stderr, flush=True)
+            print(f"[{label}] resuming after epoch {start_epoch} from {ckpt_uri}", file=sys.stderr, flush=True)
 
     runner = EpochRunner(forward, optimizer, data.users, data.items, data.sampler, config.num_neg,
                          config.batch_size, runtime.rank, runtime.world_size, data.weights)
     per_rank = runner.samples_per_rank
     started = time.perf_counter()
     samples_done, train_seconds = 0, 0.0
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, epochs):
         if state is not None and state.get("stopped"):
             break
         model.train()
         epoch_started = time.perf_counter()
-        with _progress(config, runtime, runner.steps, f"{stage} epoch {epoch + 1}/{config.epochs}") as bar:
+        with _progress(config, runtime, runner.steps, f"{label} epoch {epoch + 1}/{epochs}") as bar:
             loss_sum = runner.run(generator, bar.update)
         samples_done += per_rank * runtime.world_size
         if runtime.distributed:
@@ -366,7 +387,7 @@ def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainCo
         epoch_loss = float(loss_sum) / (per_rank * runtime.world_size)  # the epoch's one host sync
         train_seconds += time.perf_counter() - epoch_started
         if not math.isfinite(epoch_loss):
-            raise UserError(f"[{stage}] epoch {epoch + 1}: training loss is {epoch_loss}; lower --lr "
+            raise UserError(f"[{label}] epoch {epoch + 1}: training loss is {epoch_loss}; lower --lr "
                             f"(now {config.lr}) or check the input data")
 
         stop = torch.zeros(1, device=device)
@@ -386,27 +407,25 @@ def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainCo
                     best["bad_epochs"] += 1
                 stop[0] = float(best["bad_epochs"] >= config.patience)
             history.append(record)
-            # Only the final model's epochs feed the seed's dashboards; pretraining stages report on stderr.
-            print(_metric_line(hr, ndcg, epoch_loss), file=sys.stdout if stage == config.model else sys.stderr,
-                  flush=True)
+            print(_metric_line(hr, ndcg, epoch_loss), file=sys.stdout if final else sys.stderr, flush=True)
             validation = (f" validation hr@{config.top_k}={record.val_hr:.4f} ndcg@{config.top_k}={record.val_ndcg:.4f}"
                           if record.val_hr is not None else "")
-            print(f"[{stage}] epoch {epoch + 1}/{config.epochs} {time.perf_counter() - started:.1f}s{validation}",
+            print(f"[{label}] epoch {epoch + 1}/{epochs} {time.perf_counter() - started:.1f}s{validation}",
                   file=sys.stderr, flush=True)
-            logger.log_epoch(stage, record)
+            logger.log_epoch(stage, record, refit)
         if runtime.distributed:
             dist.broadcast(stop, 0)
         stopped = bool(stop.item())
         if runtime.is_main:
             checkpoint.save(ckpt_uri, {
-                "fingerprint": fingerprint, "config": dataclasses.asdict(config), "stage": stage, "epoch": epoch + 1,
+                "fingerprint": fingerprint, "config": dataclasses.asdict(config), "stage": label, "epoch": epoch + 1,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "rng": checkpoint.rng_state(generator), "history": [dataclasses.asdict(r) for r in history],
                 "best": best, "stopped": stopped})
-        _after_epoch(stage, epoch + 1, history[-1] if runtime.is_main else None)
+        _after_epoch(label, epoch + 1, history[-1] if runtime.is_main else None)
         if stopped:
             if runtime.is_main:
-                print(f"[{stage}] early stop: no validation gain for {config.patience} epochs; best epoch "
+                print(f"[{label}] early stop: no validation gain for {config.patience} epochs; best epoch "
                       f"{best['epoch']}", file=sys.stderr, flush=True)
             break
     if runtime.distributed:
@@ -451,10 +470,11 @@ class _Logger:
         self.run_id = run.info.run_id
         mlflow.log_params({k: v for k, v in dataclasses.asdict(config).items() if k not in ("tracking_uri",)})
 
-    def log_epoch(self, stage: str, record: _EpochRecord) -> None:
+    def log_epoch(self, stage: str, record: _EpochRecord, refit: bool) -> None:
         if not self.active:
             return
-        prefix = "" if stage == self.final_stage else f"{stage.lower()}_"
+        # The refit pass repeats the selection pass's epoch numbers (steps), so it logs under its own keys.
+        prefix = ("refit_" if refit else "") + ("" if stage == self.final_stage else f"{stage.lower()}_")
         values = {f"{prefix}hr": record.hr, f"{prefix}ndcg": record.ndcg, f"{prefix}loss": record.loss}
         if record.val_hr is not None:
             values.update({f"{prefix}val_hr": record.val_hr, f"{prefix}val_ndcg": record.val_ndcg})
@@ -485,6 +505,28 @@ def _fingerprint(config: TrainConfig, partition, world_size: int) -> str:
     return checkpoint.fingerprint(values)
 
 
+def _train_pass(spec: ModelSpec, data: _Data, partition, config: TrainConfig, runtime: _Runtime,
+                ckpt_dir: str, fingerprint: str, logger, refit_epochs: dict[str, int] | None
+                ) -> tuple[NCF, list[_EpochRecord], dict[str, dict[str, Any]]]:
+    """Train every stage once: GMF and MLP first when NeuMF is pretrained from them, then config.model.
+
+    Selection pass (`refit_epochs` None): each stage trains up to config.epochs and keeps its best validation
+    epoch. Refit pass: each stage trains exactly `refit_epochs[stage]` epochs. Returns the final model, its
+    history and each stage's summary.
+    """
+    pretrain = config.pretrain and config.model == "NeuMF"
+    models: dict[str, NCF] = {}
+    summaries: dict[str, dict[str, Any]] = {}
+    for stage in ("GMF", "MLP", "NeuMF") if pretrain else (config.model,):
+        model = (neumf_from_pretrained(models["GMF"].cpu(), models["MLP"].cpu(), dropout=config.dropout)
+                 if pretrain and stage == "NeuMF" else _init_model(spec, stage, config.seed))
+        epochs = config.epochs if refit_epochs is None else refit_epochs[stage]
+        models[stage], history, summaries[stage] = _train_stage(
+            stage, model, data, partition, config, runtime, ckpt_dir, fingerprint, logger, epochs,
+            refit=refit_epochs is not None)
+    return models[config.model], history, summaries
+
+
 def run(config: TrainConfig) -> TrainResult:
     from ncf.data import load_partition
     from ncf.evaluate import evaluate
@@ -494,7 +536,7 @@ def run(config: TrainConfig) -> TrainResult:
     _validate(config)
     runtime = _setup_runtime(config)
     partition = load_partition(config.partition_uri)
-    data = _prepare_data(partition, config, runtime.device)
+    data = _prepare_data(partition, config, runtime.device, hold_out=config.patience > 0)
     spec = ModelSpec(config.model, partition.num_users, partition.num_items, config.factor_num, config.num_layers,
                      config.dropout, _mlp_layers(config.mlp_layers))
     ckpt_dir = config.checkpoint_uri or storage.join(config.output_uri).rstrip("/") + ".checkpoint"
@@ -503,16 +545,22 @@ def run(config: TrainConfig) -> TrainResult:
     failed = True
     try:
         started = time.perf_counter()
-        if config.pretrain and config.model == "NeuMF":
-            gmf, _, _ = _train_stage("GMF", _init_model(spec, "GMF", config.seed), data, partition, config, runtime,
-                                     ckpt_dir, fingerprint, logger)
-            mlp, _, _ = _train_stage("MLP", _init_model(spec, "MLP", config.seed), data, partition, config, runtime,
-                                     ckpt_dir, fingerprint, logger)
-            model = neumf_from_pretrained(gmf.cpu(), mlp.cpu(), dropout=config.dropout)
-        else:
-            model = _init_model(spec, config.model, config.seed)
-        model, history, summary = _train_stage(config.model, model, data, partition, config, runtime, ckpt_dir,
-                                               fingerprint, logger)
+        model, history, summaries = _train_pass(spec, data, partition, config, runtime, ckpt_dir, fingerprint,
+                                                logger, refit_epochs=None)
+        # The selection pass's chosen epoch; its validation metrics are reported with or without a refit.
+        validation = next((r for r in history if r.epoch == summaries[config.model]["best_epoch"]), None)
+        refit_epochs: dict[str, int] = {}
+        if _refits(config):
+            refit_epochs = {stage: s["best_epoch"] for stage, s in summaries.items()}
+            if runtime.distributed:
+                # Only rank 0 evaluates, so only it knows the selected epochs.
+                counts = torch.tensor(list(refit_epochs.values()), device=runtime.device)
+                dist.broadcast(counts, 0)
+                refit_epochs = dict(zip(refit_epochs, counts.tolist(), strict=True))
+            data = _prepare_data(partition, config, runtime.device, hold_out=False)
+            model, history, summaries = _train_pass(spec, data, partition, config, runtime, ckpt_dir,
+                                                    fingerprint, logger, refit_epochs)
+        summary = summaries[config.model]
         summary["train_seconds"] = time.perf_counter() - started
         model_uri = storage.join(config.output_uri)
         metrics: dict[str, Any] = {}
@@ -524,8 +572,11 @@ def run(config: TrainConfig) -> TrainResult:
                        "epochs": summary["epochs_trained"], "best_epoch": summary["best_epoch"],
                        "train_seconds": round(summary["train_seconds"], 3),
                        "samples_per_second": round(summary["samples_per_second"], 1), "model_type": config.model}
-            if selected is not None and selected.val_hr is not None:
-                metrics.update({f"val_hr@{config.top_k}": selected.val_hr, f"val_ndcg@{config.top_k}": selected.val_ndcg})
+            if validation is not None and validation.val_hr is not None:
+                metrics.update({f"val_hr@{config.top_k}": validation.val_hr,
+                                f"val_ndcg@{config.top_k}": validation.val_ndcg})
+            if refit_epochs:
+                metrics["refit_epochs"] = refit_epochs
             if history and selected is not history[-1]:
                 print(_metric_line(metrics[f"hr@{config.top_k}"], metrics[f"ndcg@{config.top_k}"], metrics["loss"]),
                       flush=True)

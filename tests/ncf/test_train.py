@@ -16,6 +16,10 @@ from tests.tiny_data import make_partition, write_partition
 
 SEED_REGEXES = [r"HR=(.*?);", r"NDCG=(.*?);", r"Loss=(.*?);"]  # the seed dashboard's metric definitions
 FAST = ["--epochs", "3", "--batch-size", "64", "--factor-num", "8", "--num-layers", "2", "--progress", "off"]
+# Pretrained NeuMF with a refit pass; on the tiny partition every selection stage stops early and selects an
+# epoch before its last one.
+REFIT = dict(pretrain=True, refit=True, epochs=8, patience=1, lr=0.01)
+TIMING = ("train_seconds", "samples_per_second")
 
 
 def _config(partition_uri, output, **overrides) -> TrainConfig:
@@ -33,6 +37,18 @@ def _assert_same_weights(a, b):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def _without_timing(metrics):
+    return {k: v for k, v in metrics.items() if k not in TIMING}
+
+
+def _record_epochs(monkeypatch) -> dict[str, list]:
+    """Every epoch record, by stage label (`GMF`, ..., `NeuMF-refit`), in training order."""
+    by_stage: dict[str, list] = {}
+    monkeypatch.setattr(train, "_after_epoch",
+                        lambda stage, epoch, record: by_stage.setdefault(stage, []).append(record))
+    return by_stage
 
 
 def test_cli_prints_seed_metric_lines_and_exports_a_package(tiny_partition_uri, tmp_path, capsys):
@@ -74,16 +90,22 @@ class _Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("pretrain, kill_at", [(False, ("NeuMF", 2)), (True, ("MLP", 1))])
-def test_resume_after_kill_is_bit_identical(tiny_partition_uri, tmp_path, monkeypatch, pretrain, kill_at):
-    config = _config(tiny_partition_uri, tmp_path / "full", pretrain=pretrain, epochs=3, patience=5)
-    full = run(config)
+@pytest.mark.parametrize("overrides, kill_at", [
+    (dict(pretrain=False), ("NeuMF", 2)),
+    (dict(pretrain=True), ("MLP", 1)),
+    (REFIT, ("NeuMF", 4)),  # the selection pass's last (early-stopped) epoch: the refit has not started
+    (REFIT, ("GMF-refit", 1)),
+    (REFIT, ("NeuMF-refit", 2)),  # GMF-refit and MLP-refit are complete, NeuMF-refit is not
+], ids=["neumf", "pretrain", "refit-after-selection", "refit-gmf", "refit-neumf"])
+def test_resume_after_kill_is_bit_identical(tiny_partition_uri, tmp_path, monkeypatch, overrides, kill_at):
+    settings = {"epochs": 3, "patience": 5, **overrides}
+    full = run(_config(tiny_partition_uri, tmp_path / "full", **settings))
 
     def kill(stage, epoch, record):
         if (stage, epoch) == kill_at:
             raise _Killed
 
-    killed = _config(tiny_partition_uri, tmp_path / "resumed", pretrain=pretrain, epochs=3, patience=5)
+    killed = _config(tiny_partition_uri, tmp_path / "resumed", **settings)
     monkeypatch.setattr(train, "_after_epoch", kill)
     with pytest.raises(_Killed):
         run(killed)
@@ -91,8 +113,8 @@ def test_resume_after_kill_is_bit_identical(tiny_partition_uri, tmp_path, monkey
     monkeypatch.undo()
     resumed = run(TrainConfig(**{**killed.__dict__, "resume": True}))
     _assert_same_weights(_weights(full.model_uri), _weights(resumed.model_uri))
-    for key in ("hr@10", "ndcg@10", "full_hr@10", "loss", "best_epoch", "val_ndcg@10"):
-        assert full.metrics[key] == resumed.metrics[key], key
+    assert _without_timing(full.metrics) == _without_timing(resumed.metrics)
+    assert ("refit_epochs" in full.metrics) == settings.get("refit", False)
 
 
 def test_resume_with_a_different_config_is_refused(tiny_partition_uri, tmp_path):
@@ -123,12 +145,22 @@ def test_mlflow_logging(tiny_partition_uri, tmp_path):
     import mlflow
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run(_config(tiny_partition_uri, tmp_path / "m", epochs=2, tracking_uri=tracking, experiment="t"))
+    result = run(_config(tiny_partition_uri, tmp_path / "m", epochs=2, tracking_uri=tracking, experiment="t",
+                         refit=True))
     client = mlflow.MlflowClient(tracking)
     mlflow_run = client.get_run(result.mlflow_run_id)
     assert mlflow_run.data.params["lr"] == "0.002" and mlflow_run.data.params["pretrain"] == "True"
-    assert [m.step for m in client.get_metric_history(result.mlflow_run_id, "gmf_hr")] == [1, 2]
-    assert [m.step for m in client.get_metric_history(result.mlflow_run_id, "hr")] == [1, 2]
+    assert mlflow_run.data.params["refit"] == "True"
+
+    def steps(key):
+        return [m.step for m in client.get_metric_history(result.mlflow_run_id, key)]
+
+    # The selection pass keeps its keys; the refit pass, which repeats its steps, logs under `refit_` ones.
+    assert steps("gmf_hr") == [1, 2] and steps("hr") == [1, 2] and steps("val_ndcg") == [1, 2]
+    for stage, epochs in result.metrics["refit_epochs"].items():
+        prefix = "refit_" if stage == "NeuMF" else f"refit_{stage.lower()}_"
+        assert steps(f"{prefix}hr") == steps(f"{prefix}loss") == list(range(1, epochs + 1)), stage
+        assert steps(f"{prefix}val_ndcg") == []  # no validation split in the refit pass
     assert mlflow_run.data.metrics["full_hr_at_10"] == pytest.approx(result.metrics["full_hr@10"])
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id, "package")}
     assert "package/weights.safetensors" in artifacts
@@ -188,3 +220,67 @@ def test_recency_rank_orders_each_users_history():
 def test_recency_weighted_training_runs(tiny_partition_uri, tmp_path):
     result = run(_config(tiny_partition_uri, tmp_path / "m", epochs=1, recency_weight=4.0))
     assert load_package(result.model_uri).config["hyperparameters"]["recency_weight"] == 4.0
+
+
+def test_refit_retrains_each_stage_on_all_of_train_for_its_selected_epochs(tiny_partition_uri, tmp_path,
+                                                                          monkeypatch, capsys):
+    by_stage = _record_epochs(monkeypatch)
+    result = run(_config(tiny_partition_uri, tmp_path / "m", **REFIT))
+    # Each selection stage's choice: its best validation NDCG, the earlier epoch on ties.
+    selected = {stage: max(by_stage[stage], key=lambda r: r.val_ndcg) for stage in ("GMF", "MLP", "NeuMF")}
+    expected = {stage: record.epoch for stage, record in selected.items()}
+    # A real choice was made: some stage selected an epoch before its last one.
+    assert any(record.epoch < len(by_stage[stage]) for stage, record in selected.items())
+    pkg = load_package(result.model_uri)
+    assert pkg.metrics["refit_epochs"] == result.metrics["refit_epochs"] == expected
+    assert pkg.config["hyperparameters"]["refit"] is True
+    for stage, epochs in expected.items():
+        refit_records = by_stage[f"{stage}-refit"]
+        assert [r.epoch for r in refit_records] == list(range(1, epochs + 1)), stage
+        assert all(r.val_hr is None for r in refit_records)  # no validation split: nothing to select on
+        assert (tmp_path / "m.checkpoint" / f"{stage}.pt").exists()
+        assert (tmp_path / "m.checkpoint" / f"{stage}-refit.pt").exists()
+    final = by_stage["NeuMF-refit"]
+    # Validation metrics are the selection pass's selected epoch's; everything else is the refit model's.
+    assert (result.metrics["val_hr@10"], result.metrics["val_ndcg@10"]) == (selected["NeuMF"].val_hr,
+                                                                          selected["NeuMF"].val_ndcg)
+    assert result.metrics["loss"] == final[-1].loss
+    assert result.metrics["best_epoch"] == result.metrics["epochs"] == expected["NeuMF"]
+    assert pkg.metrics["hr@10"] == pytest.approx(final[-1].hr)
+    # The dashboards scrape stdout: only the exported (refit) model's epochs go there.
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [train._metric_line(r.hr, r.ndcg, r.loss) for r in final]
+    for stage in ("GMF", "MLP", "NeuMF", "GMF-refit", "MLP-refit"):
+        for r in by_stage[stage]:
+            assert train._metric_line(r.hr, r.ndcg, r.loss) in captured.err, stage
+    assert "[NeuMF] early stop" in captured.err
+    assert f"[NeuMF-refit] epoch {expected['NeuMF']}/{expected['NeuMF']}" in captured.err
+
+
+def test_refit_is_a_plain_run_of_the_selected_length_on_all_of_train(tiny_partition_uri, tmp_path):
+    settings = dict(model="GMF", epochs=10, patience=1, lr=0.05)
+    refit = run(_config(tiny_partition_uri, tmp_path / "refit", refit=True, **settings))
+    selection_only = run(_config(tiny_partition_uri, tmp_path / "selection", **settings))
+    # The refit does not change the selection pass.
+    assert refit.metrics["refit_epochs"] == {"GMF": selection_only.metrics["best_epoch"]}
+    assert refit.metrics["val_ndcg@10"] == selection_only.metrics["val_ndcg@10"]
+    # Same seeds, all training interactions, the selected epoch count, no selection: exactly a patience-0 run.
+    plain = run(_config(tiny_partition_uri, tmp_path / "plain",
+                        **{**settings, "patience": 0, "epochs": refit.metrics["refit_epochs"]["GMF"]}))
+    _assert_same_weights(_weights(refit.model_uri), _weights(plain.model_uri))
+    assert refit.metrics["hr@10"] == plain.metrics["hr@10"]
+    # Same seeds and epoch count as the selection pass's pick: only the validation rows, back in, differ.
+    refit_weights, selected_weights = _weights(refit.model_uri), _weights(selection_only.model_uri)
+    assert any(not torch.equal(refit_weights[k], selected_weights[k]) for k in refit_weights)
+
+
+def test_refit_is_ignored_without_a_validation_split(tiny_partition_uri, tmp_path, capsys):
+    with_refit = run(_config(tiny_partition_uri, tmp_path / "a", pretrain=True, epochs=2, patience=0,
+                             refit=True))
+    out_with_refit = capsys.readouterr().out
+    without = run(_config(tiny_partition_uri, tmp_path / "b", pretrain=True, epochs=2, patience=0))
+    assert capsys.readouterr().out == out_with_refit and len(out_with_refit.splitlines()) == 2
+    _assert_same_weights(_weights(with_refit.model_uri), _weights(without.model_uri))
+    assert _without_timing(with_refit.metrics) == _without_timing(without.metrics)
+    assert "refit_epochs" not in with_refit.metrics
+    assert sorted(p.name for p in (tmp_path / "a.checkpoint").iterdir()) == ["GMF.pt", "MLP.pt", "NeuMF.pt"]

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from ncf.models import ModelSpec, build_model  # noqa: E402
 from ncf.sampling import NegativeSampler  # noqa: E402
-from ncf.train import EpochRunner  # noqa: E402
+from ncf.train import EpochRunner, make_step  # noqa: E402
 
 TARGET = 40e6
 FULL = {"users": 138_493, "items": 26_744, "interactions": 20_000_263, "batch": 1 << 20}
@@ -65,9 +65,8 @@ def run(args) -> dict:
     batch = args.batch_size or sizes["batch"]
     # Large batches need a larger step; sqrt scaling from the seed's 0.001 at batch 256.
     lr = 0.001 * (batch / 256) ** 0.5
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
-    forward = torch.compile(model) if args.compile else model
-    runner = EpochRunner(forward, optimizer, users, items, sampler, num_neg=4, batch_size=batch)
+    step = make_step(model, lr, 0.0, device, compile_model=args.compile)
+    runner = EpochRunner(step, users, items, sampler, num_neg=4, batch_size=batch)
     generator = torch.Generator(device=device).manual_seed(1)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     losses = []

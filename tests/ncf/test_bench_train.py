@@ -32,3 +32,21 @@ def test_gpu_check_script_refuses_without_a_gpu():
                           env={"PATH": "/usr/bin:/bin", "PYTHON": str(REPO / ".venv" / "bin" / "python")})
     assert proc.returncode == 2
     assert "no Python with a CUDA-enabled torch" in proc.stderr
+
+
+@pytest.mark.parametrize("variant", ["public", "lean"])
+def test_naive_reference_loops_sample_exact_negatives_and_train(variant):
+    from bench import train as bench_train
+    from tests.tiny_data import make_partition
+
+    partition = make_partition(num_users=20, num_items=40, per_user=8)
+    dataset_type, _ = bench_train.NAIVE_LOOPS[variant]
+    pairs = list(zip(partition.train_users.tolist(), partition.train_items.tolist(), strict=True))
+    dataset = dataset_type(pairs, partition.num_users, partition.num_items, num_neg=4)
+    dataset.ng_sample()
+    assert len(dataset) == 5 * len(pairs)
+    negatives = [dataset[k][:2] for k in range(len(dataset)) if dataset[k][2] == 0]
+    assert len(negatives) == 4 * len(pairs) and not set(negatives) & set(pairs)
+
+    result = bench_train.naive_samples_per_second(partition, max_batches=2, variant=variant)
+    assert result["samples"] == 2 * 256 and result["samples_per_s"] > 0 and result["samples_per_cpu_s"] > 0

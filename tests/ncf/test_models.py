@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from ncf.errors import UserError
-from ncf.models import ModelSpec, build_model, default_mlp_layers, neumf_from_pretrained
+from ncf.models import ModelSpec, build_model, default_mlp_layers, dropout_mask, neumf_from_pretrained
 
 
 def test_default_tower_halves_down_to_factor_num():
@@ -69,3 +70,16 @@ def test_neumf_from_pretrained_combines_gmf_and_mlp():
     expected = 0.5 * gmf(users, items) + 0.5 * mlp(users, items)
     torch.testing.assert_close(neumf(users, items), expected)
     assert torch.equal(neumf.embed_user_MLP.weight, mlp.embed_user_MLP.weight)
+
+
+@pytest.mark.parametrize("source", ["torch", "pcg64"])
+def test_dropout_mask_keeps_the_right_share_and_rescales(source):
+    def draw():
+        torch.manual_seed(0)
+        return dropout_mask((400, 500), 0.3, np.random.PCG64(0) if source == "pcg64" else None)
+
+    mask = draw()
+    kept = mask[mask > 0]
+    assert abs(kept.numel() / mask.numel() - 0.7) < 0.005
+    assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - 0.3)))
+    assert torch.equal(draw(), mask)  # reproducible from the seed

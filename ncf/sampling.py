@@ -88,12 +88,16 @@ class NegativeSampler:
 
 
 def leave_last_out(users: np.ndarray, items: np.ndarray, ts: np.ndarray, num_users: int) -> np.ndarray:
-    """Index of each user's latest interaction (ties: the later row), for users with >= 2 interactions.
+    """Index of each user's latest interaction (ties: the larger item index, then the later row), for users with
+    >= 2 interactions.
 
-    Used to carve a validation split from the training set the same way the test split was made.
+    Used to carve a validation split from the training set the same way the test split was made
+    (spark/preprocess.py `split_leave_one_out` breaks ties by the larger item index too). The tie rule matters on
+    datasets with coarse timestamps: on MovieLens-100K, 45% of users have several interactions at their latest
+    training timestamp.
     """
     users = np.asarray(users, dtype=np.int64)
-    order = np.lexsort((np.arange(users.size), np.asarray(ts), users))
+    order = np.lexsort((np.arange(users.size), np.asarray(items), np.asarray(ts), users))
     last = np.flatnonzero(np.r_[users[order][1:] != users[order][:-1], True])
     counts = np.bincount(users, minlength=num_users)
     chosen = order[last]

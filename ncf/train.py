@@ -5,7 +5,9 @@
     torchrun --nproc-per-node 2 -m ncf.train ...   # DistributedDataParallel (gloo on CPU, nccl on GPU)
 
 The fast path is the only path: the training set lives as tensors on the device, each epoch draws its negatives
-exactly and vectorised (ncf/sampling.py), shuffles with one permutation and slices batches; no Dataset/DataLoader.
+exactly and vectorised (ncf/sampling.py), shuffles with one permutation and slices batches; no Dataset/DataLoader. A batch is one step of `make_step`:
+on one CPU process the hand-written step of ncf/cpu_step.py (lazy Adam on the embedding rows in the batch),
+elsewhere autograd with fused Adam (bf16 autocast on GPUs).
 Per epoch it prints the seed's metric line `HR=0.xxxx; NDCG=0.xxxx; Loss=0.xxxx;` (test set, sampled protocol,
 for the dashboards that scrape it) and checkpoints. With `patience > 0` the latest training interaction of each
 user is held out as a validation split; epochs (and early stopping) are chosen on it, never on the test set.
@@ -44,6 +46,7 @@ from ncf.scoring import ItemScorer
 SEED_PRESET: dict[str, Any] = {
     "epochs": 10, "lr": 0.001, "batch_size": 256, "top_k": 10, "dropout": 0.3, "factor_num": 32, "num_layers": 3,
     "model": "NeuMF", "num_neg": 4, "weight_decay": 0.0, "patience": 0, "pretrain": False, "recency_weight": 0.0,
+    "refit": False,
 }
 PRESETS = {"seed": SEED_PRESET}
 
@@ -63,16 +66,18 @@ class TrainConfig:
     model: str = param("NeuMF", "model type", pipeline=True, choices=MODEL_TYPES)
     tracking_uri: str = param("", "MLflow tracking URI; empty: no MLflow logging", pipeline=True)
     experiment: str = param("ncf-train", "MLflow experiment name")
-    num_neg: int = param(4, "sampled negatives per training positive")
-    weight_decay: float = param(0.0, "L2 weight decay (Adam)")
-    recency_weight: float = param(4.0, "weight each user's positives by recency: 1 + r * recency_weight for the r-th "
-                                       "fraction of the user's history (0 oldest, 1 latest), normalised to mean 1; "
-                                       "0: off (the paper's uniform weights)")
+    num_neg: int = param(8, "sampled negatives per training positive")
+    weight_decay: float = param(1e-6, "L2 weight decay (Adam)")
+    recency_weight: float = param(16.0, "weight each user's positives by recency: 1 + recency_weight * r**recency_power "
+                                       "for the r-th fraction of the user's history (0 oldest, 1 latest), normalised "
+                                       "to mean 1; 0: off (the paper's uniform weights)")
+    recency_power: float = param(4.0, "shape of the recency weights: 1 grows linearly with r; larger powers put the "
+                                      "weight on each user's latest interactions")
     pretrain: bool = param(True, "NeuMF: train GMF and MLP first and initialise NeuMF from them (alpha 0.5); "
                                  "ignored for GMF / MLP")
     patience: int = param(3, "early stopping: epochs without validation improvement; 0: no validation split, "
                              "train every epoch and keep the last")
-    refit: bool = param(False, "retrain every stage from scratch on all of train (validation rows back in) "
+    refit: bool = param(True, "retrain every stage from scratch on all of train (validation rows back in) "
                                "for exactly its validation-selected epoch count and export that model; "
                                "ignored with patience 0 (no validation split)")
     preset: str = param("", "named hyperparameter set applied to fields left at their defaults", choices=("", *PRESETS))
@@ -110,6 +115,8 @@ def _validate(config: TrainConfig) -> None:
         raise UserError(f"lr: must be a positive number, got {config.lr}")
     if config.weight_decay < 0 or config.patience < 0 or config.recency_weight < 0:
         raise UserError("weight_decay, patience and recency_weight must be >= 0")
+    if not config.recency_power > 0:
+        raise UserError(f"recency_power: must be positive, got {config.recency_power}")
 
 
 def _mlp_layers(text: str) -> tuple[int, ...]:
@@ -215,15 +222,16 @@ def _prepare_data(partition, config: TrainConfig, device: torch.device, hold_out
     sampler = NegativeSampler(users, items, partition.num_users, partition.num_items, device)
     weights = None
     if config.recency_weight > 0:
-        w = 1.0 + config.recency_weight * recency_rank(users, ts, partition.num_users)
+        w = 1.0 + config.recency_weight * recency_rank(users, items, ts, partition.num_users) ** config.recency_power
         weights = torch.from_numpy((w / w.mean()).astype(np.float32)).to(device)
     return _Data(torch.from_numpy(users.astype(np.int64)).to(device), torch.from_numpy(items.astype(np.int64)).to(device),
                  sampler, weights, val_users, val_items, val_negatives)
 
 
-def recency_rank(users: np.ndarray, ts: np.ndarray, num_users: int) -> np.ndarray:
-    """Each interaction's position in its user's history by time, scaled to [0, 1] (0 oldest, 1 latest)."""
-    order = np.lexsort((np.arange(users.size), ts, users))
+def recency_rank(users: np.ndarray, items: np.ndarray, ts: np.ndarray, num_users: int) -> np.ndarray:
+    """Each interaction's position in its user's history by time, scaled to [0, 1] (0 oldest, 1 latest); equal
+    timestamps are ordered as the splits order them (ncf.sampling.leave_last_out: the larger item index is later)."""
+    order = np.lexsort((np.arange(users.size), items, ts, users))
     counts = np.bincount(users, minlength=num_users)
     starts = np.r_[0, np.cumsum(counts)[:-1]]
     position = np.empty(users.size, dtype=np.float64)
@@ -308,8 +316,8 @@ class AutogradStep:
 
 def make_step(model: NCF, lr: float, weight_decay: float, device: torch.device, distributed: bool = False,
               compile_model: bool = False) -> AutogradStep | CpuTrainStep:
-    """The training step for where the model runs: the hand-written CPU step (ncf/cpu_step.py: ~3x an autograd
-    step at batch 256) on one CPU process; autograd elsewhere (GPUs, DDP, torch.compile)."""
+    """The training step for where the model runs: the hand-written CPU step with lazy Adam (ncf/cpu_step.py,
+    docs/training.md "Speed") on one CPU process; autograd and fused Adam elsewhere (GPUs, DDP, torch.compile)."""
     if device.type == "cpu" and not distributed and not compile_model:
         return CpuTrainStep(model, lr, weight_decay)
     forward: Any = model

@@ -87,3 +87,11 @@ def test_leave_last_out_takes_latest_of_users_with_two_or_more():
     ts = np.array([5, 9, 1, 3, 7, 7])
     # user 1 has a single interaction: kept for training; user 2's tie goes to the later row.
     assert leave_last_out(users, np.zeros(6), ts, 3).tolist() == [1, 5]
+
+
+def test_leave_last_out_breaks_timestamp_ties_like_the_test_split():
+    # spark/preprocess.py picks the larger item index among a user's latest-timestamp interactions
+    users = np.array([0, 0, 0, 1, 1, 1])
+    items = np.array([5, 9, 2, 7, 3, 7])
+    ts = np.array([10, 20, 20, 5, 5, 1])
+    assert leave_last_out(users, items, ts, 2).tolist() == [1, 3]

@@ -17,8 +17,9 @@ from tests.tiny_data import make_partition, write_partition
 SEED_REGEXES = [r"HR=(.*?);", r"NDCG=(.*?);", r"Loss=(.*?);"]  # the seed dashboard's metric definitions
 FAST = ["--epochs", "3", "--batch-size", "64", "--factor-num", "8", "--num-layers", "2", "--progress", "off"]
 # Pretrained NeuMF with a refit pass; on the tiny partition every selection stage stops early and selects an
-# epoch before its last one.
-REFIT = dict(pretrain=True, refit=True, epochs=8, patience=1, lr=0.01)
+# epoch before its last one (the kill points below rely on it, so the sampling and weighting are pinned).
+REFIT = dict(pretrain=True, refit=True, epochs=8, patience=1, lr=0.01, num_neg=4, weight_decay=0.0,
+             recency_weight=4.0, recency_power=1.0)
 TIMING = ("train_seconds", "samples_per_second")
 
 
@@ -114,7 +115,7 @@ def test_resume_after_kill_is_bit_identical(tiny_partition_uri, tmp_path, monkey
     resumed = run(TrainConfig(**{**killed.__dict__, "resume": True}))
     _assert_same_weights(_weights(full.model_uri), _weights(resumed.model_uri))
     assert _without_timing(full.metrics) == _without_timing(resumed.metrics)
-    assert ("refit_epochs" in full.metrics) == settings.get("refit", False)
+    assert ("refit_epochs" in full.metrics) == train._refits(killed)
 
 
 def test_resume_with_a_different_config_is_refused(tiny_partition_uri, tmp_path):
@@ -132,7 +133,7 @@ def test_early_stopping_selects_on_validation(tiny_partition_uri, tmp_path, caps
 
 
 def test_pretrained_neumf(tiny_partition_uri, tmp_path, capsys):
-    result = run(_config(tiny_partition_uri, tmp_path / "m", epochs=2, pretrain=True))
+    result = run(_config(tiny_partition_uri, tmp_path / "m", epochs=2, pretrain=True, refit=False))
     assert load_package(result.model_uri).config["model_type"] == "NeuMF"
     captured = capsys.readouterr()
     assert "[GMF] epoch 2/2" in captured.err and "[MLP] epoch 2/2" in captured.err
@@ -198,6 +199,9 @@ def test_diverging_loss_is_a_clear_error(tiny_partition_uri, tmp_path, capsys):
 def test_bad_hyperparameters(tiny_partition_uri, tmp_path, capsys):
     assert main(["--partition-uri", tiny_partition_uri, "--output-uri", str(tmp_path / "m"), "--batch-size", "0"]) == 2
     assert "batch_size: must be positive" in capsys.readouterr().err
+    assert main(["--partition-uri", tiny_partition_uri, "--output-uri", str(tmp_path / "m"),
+                 "--recency-power", "0"]) == 2
+    assert "recency_power: must be positive" in capsys.readouterr().err
     gmf = run(_config(tiny_partition_uri, tmp_path / "gmf", model="GMF", pretrain=True, epochs=1))
     assert load_package(gmf.model_uri).config["model_type"] == "GMF"  # pretraining only applies to NeuMF
 
@@ -212,9 +216,22 @@ def test_metrics_json_matches_result(tiny_partition_uri, tmp_path):
 def test_recency_rank_orders_each_users_history():
     from ncf.train import recency_rank
 
-    users = np.array([1, 0, 1, 1, 0, 2])
-    ts = np.array([5, 3, 1, 9, 2, 7])
-    assert recency_rank(users, ts, 3).tolist() == [0.5, 1.0, 0.0, 1.0, 0.0, 0.0]
+    users = np.array([1, 0, 1, 1, 0, 2, 2])
+    items = np.array([4, 1, 2, 3, 0, 8, 6])
+    ts = np.array([5, 3, 1, 9, 2, 7, 7])
+    # user 2's tie: the larger item index counts as the later interaction, as in the splits
+    assert recency_rank(users, items, ts, 3).tolist() == [0.5, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("power", [1.0, 4.0])
+def test_recency_weights_follow_weight_and_power(tiny_partition, power):
+    config = TrainConfig(partition_uri="memory://tiny", output_uri="unused", recency_weight=8.0, recency_power=power)
+    data = train._prepare_data(tiny_partition, config, torch.device("cpu"), hold_out=False)
+    ranks = train.recency_rank(tiny_partition.train_users, tiny_partition.train_items, tiny_partition.train_ts,
+                               tiny_partition.num_users)
+    raw = 1.0 + 8.0 * ranks**power
+    np.testing.assert_allclose(data.weights.numpy(), raw / raw.mean(), rtol=1e-6)
+    assert data.weights.mean().item() == pytest.approx(1.0)
 
 
 def test_recency_weighted_training_runs(tiny_partition_uri, tmp_path):
@@ -260,7 +277,7 @@ def test_refit_retrains_each_stage_on_all_of_train_for_its_selected_epochs(tiny_
 def test_refit_is_a_plain_run_of_the_selected_length_on_all_of_train(tiny_partition_uri, tmp_path):
     settings = dict(model="GMF", epochs=10, patience=1, lr=0.05)
     refit = run(_config(tiny_partition_uri, tmp_path / "refit", refit=True, **settings))
-    selection_only = run(_config(tiny_partition_uri, tmp_path / "selection", **settings))
+    selection_only = run(_config(tiny_partition_uri, tmp_path / "selection", refit=False, **settings))
     # The refit does not change the selection pass.
     assert refit.metrics["refit_epochs"] == {"GMF": selection_only.metrics["best_epoch"]}
     assert refit.metrics["val_ndcg@10"] == selection_only.metrics["val_ndcg@10"]

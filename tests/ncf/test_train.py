@@ -124,6 +124,18 @@ def test_resume_with_a_different_config_is_refused(tiny_partition_uri, tmp_path)
         run(_config(tiny_partition_uri, tmp_path / "m", epochs=1, lr=0.01, resume=True))
 
 
+def test_resume_with_another_training_step_is_refused(tiny_partition_uri, tmp_path):
+    """A checkpoint from a GPU / DDP run (autograd step) cannot continue on the CPU step: other optimizer state."""
+    config = _config(tiny_partition_uri, tmp_path / "m", epochs=1, patience=0, model="GMF")
+    run(config)
+    ckpt = tmp_path / "m.checkpoint" / "GMF.pt"
+    state = torch.load(ckpt, weights_only=False)
+    assert state["step_kind"] == "cpu-lazy-adam"
+    torch.save({**state, "step_kind": "autograd-adam"}, ckpt)
+    with pytest.raises(UserError, match="written by the autograd-adam training step, this run uses the cpu-lazy-adam"):
+        run(TrainConfig(**{**config.__dict__, "resume": True}))
+
+
 def test_early_stopping_selects_on_validation(tiny_partition_uri, tmp_path, capsys):
     result = run(_config(tiny_partition_uri, tmp_path / "m", epochs=30, patience=1, lr=0.05))
     assert result.metrics["epochs"] < 30

@@ -49,8 +49,9 @@ from ncf.sampling import NegativeSampler  # noqa: E402
 SHARED = Path(os.environ.get("NCF_SHARED_DIR", REPO.parent / "shared"))
 ML100K = SHARED / "datasets" / "ml-100k" / "u.data"
 # The fast configuration for time-to-quality (docs/training.md): large batches, learning rate scaled up.
+# Every field that shapes it is pinned, so a change of the recommended defaults does not move it.
 FAST = {"model": "NeuMF", "pretrain": False, "batch_size": 2048, "lr": 0.004, "epochs": 6, "patience": 0,
-        "dropout": 0.0, "recency_weight": 4.0, "recency_power": 1.0}
+        "dropout": 0.0, "num_neg": 4, "weight_decay": 0.0, "recency_weight": 16.0, "recency_power": 4.0}
 
 
 # ---- the naive reference loop (the common public implementation, github.com/guoyang9/NCF) --------------------

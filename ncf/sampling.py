@@ -87,17 +87,24 @@ class NegativeSampler:
         return self._item_at_rank(users, ranks)
 
 
-def leave_last_out(users: np.ndarray, items: np.ndarray, ts: np.ndarray, num_users: int) -> np.ndarray:
-    """Index of each user's latest interaction (ties: the larger item index, then the later row), for users with
-    >= 2 interactions.
+def history_order(users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Row indices sorted by user, then time, oldest first; equal timestamps put the larger item index later (the
+    rule of spark/preprocess.py `split_leave_one_out`), then the later row.
 
-    Used to carve a validation split from the training set the same way the test split was made
-    (spark/preprocess.py `split_leave_one_out` breaks ties by the larger item index too). The tie rule matters on
+    The one definition of "latest" for the validation split and the recency weights. The tie rule matters on
     datasets with coarse timestamps: on MovieLens-100K, 45% of users have several interactions at their latest
     training timestamp.
     """
+    return np.lexsort((np.arange(len(users)), np.asarray(items), np.asarray(ts), np.asarray(users)))
+
+
+def leave_last_out(users: np.ndarray, items: np.ndarray, ts: np.ndarray, num_users: int) -> np.ndarray:
+    """Index of each user's latest interaction (`history_order`), for users with >= 2 interactions.
+
+    Used to carve a validation split from the training set the same way the test split was made.
+    """
     users = np.asarray(users, dtype=np.int64)
-    order = np.lexsort((np.arange(users.size), np.asarray(items), np.asarray(ts), users))
+    order = history_order(users, items, ts)
     last = np.flatnonzero(np.r_[users[order][1:] != users[order][:-1], True])
     counts = np.bincount(users, minlength=num_users)
     chosen = order[last]

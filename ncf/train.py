@@ -39,7 +39,7 @@ from ncf.cpu_step import CpuTrainStep
 from ncf.errors import UserError, exit_on_user_error
 from ncf.evaluate import hit_ndcg, sampled_ranks
 from ncf.models import MODEL_TYPES, NCF, ModelSpec, build_model, neumf_from_pretrained
-from ncf.sampling import NegativeSampler, leave_last_out
+from ncf.sampling import NegativeSampler, history_order, leave_last_out
 from ncf.scoring import ItemScorer
 
 # The seed system's run, reproduced by `--preset seed`.
@@ -229,9 +229,9 @@ def _prepare_data(partition, config: TrainConfig, device: torch.device, hold_out
 
 
 def recency_rank(users: np.ndarray, items: np.ndarray, ts: np.ndarray, num_users: int) -> np.ndarray:
-    """Each interaction's position in its user's history by time, scaled to [0, 1] (0 oldest, 1 latest); equal
-    timestamps are ordered as the splits order them (ncf.sampling.leave_last_out: the larger item index is later)."""
-    order = np.lexsort((np.arange(users.size), items, ts, users))
+    """Each interaction's position in its user's history (`ncf.sampling.history_order`, the order the splits use),
+    scaled to [0, 1] (0 oldest, 1 latest)."""
+    order = history_order(users, items, ts)
     counts = np.bincount(users, minlength=num_users)
     starts = np.r_[0, np.cumsum(counts)[:-1]]
     position = np.empty(users.size, dtype=np.float64)

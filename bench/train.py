@@ -1,6 +1,6 @@
 """Training benchmark on MovieLens-100K (leave-one-out, 99 test negatives): speed and quality, in one run.
 
-    .venv/bin/python bench/train.py            # everything (~15 min on 2 idle cores)
+    .venv/bin/python bench/train.py            # everything (~30 min on 2 idle cores; --jobs 2: ~20 min)
     .venv/bin/python bench/train.py --quick    # speed at batch 256 on a slice of an epoch + 1-epoch runs (~1 min)
     .venv/bin/python bench/train.py --partition-uri runs/data/dt=2026-01-01
 
@@ -11,7 +11,9 @@
    included). Same torch thread count for all. Samples per CPU-second (DataLoader workers included) are reported
    next to wall-clock samples/s: on a shared machine they are the stable figure; on an idle one the two agree.
 2. Quality: the seed preset (HR/NDCG after 10 epochs, as the seed reported them), the recommended default
-   configuration (epochs selected on the validation split), and popularity ranking for scale.
+   configuration (epochs selected on the validation split, a 3-model seed ensemble) for each of --seeds, and
+   popularity ranking for scale. `--jobs 2` runs those seeds side by side (their seconds then include the contention;
+   the speed and time-to-quality figures always run alone).
 3. Time to HR@10 >= 0.60 on the test set: wall-clock from calling ncf.train.run (data loading included) to the
    end of the first epoch that reaches it, with the fast configuration (docs/training.md).
 The partition comes from the real preprocessing job (spark/preprocess.py), built once into --data-dir.
@@ -21,7 +23,9 @@ Prints a table and appends it, with the command line, to bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime as dt
+import multiprocessing
 import os
 import platform
 import random
@@ -51,7 +55,8 @@ ML100K = SHARED / "datasets" / "ml-100k" / "u.data"
 # The fast configuration for time-to-quality (docs/training.md): large batches, learning rate scaled up.
 # Every field that shapes it is pinned, so a change of the recommended defaults does not move it.
 FAST = {"model": "NeuMF", "pretrain": False, "batch_size": 2048, "lr": 0.004, "epochs": 6, "patience": 0,
-        "dropout": 0.0, "num_neg": 4, "weight_decay": 0.0, "recency_weight": 16.0, "recency_power": 4.0}
+        "dropout": 0.0, "num_neg": 4, "weight_decay": 0.0, "recency_weight": 16.0, "recency_power": 4.0,
+        "ensemble": 1}
 
 
 # ---- the naive reference loop (the common public implementation, github.com/guoyang9/NCF) --------------------
@@ -208,6 +213,12 @@ def train_run(partition_uri: str, out_dir: Path, name: str, **overrides) -> tupl
     return result, epochs, time.perf_counter() - started
 
 
+def recommended_run(job: tuple[str, Path, int, dict]) -> tuple[train.TrainResult, list, float]:
+    """One recommended-defaults run for a seed (a process pool's task): `train_run` with the seed's name."""
+    partition_uri, out_dir, seed, overrides = job
+    return train_run(partition_uri, out_dir, f"recommended-{seed}", seed=seed, **overrides)
+
+
 def popularity_metrics(partition: Partition, k: int = 10) -> tuple[float, float]:
     popularity = np.bincount(partition.train_items, minlength=partition.num_items).astype(np.float64)
     candidates = np.c_[partition.test_items, partition.test_negatives]
@@ -240,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"))
     parser.add_argument("--seeds", default="42,1,2", help="seeds of the recommended-defaults runs (42 is the default; "
                                                           "--quick runs the first only)")
+    parser.add_argument("--jobs", type=int, default=1, help="recommended-defaults runs side by side (processes)")
     args = parser.parse_args(argv)
     command = "bench/train.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     partition_uri = ensure_partition(args)
@@ -281,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         defaults = {"epochs": 1} if args.quick else {}
         seeds = [int(x) for x in args.seeds.split(",")][:1 if args.quick else None]
         recommended = []
-        for seed_value in seeds:
-            rec, _, rec_s = train_run(partition_uri, out, f"recommended-{seed_value}", seed=seed_value, **defaults)
+        with concurrent.futures.ProcessPoolExecutor(max(1, args.jobs),
+                                                    mp_context=multiprocessing.get_context("spawn")) as pool:
+            runs = list(pool.map(recommended_run, [(partition_uri, out, s, defaults) for s in seeds]))
+        for seed_value, (rec, _, rec_s) in zip(seeds, runs, strict=True):
             recommended.append(rec.metrics)
             chosen = rec.metrics.get("refit_epochs") or {"selected epoch": rec.metrics["best_epoch"]}
             rows += [(f"recommended defaults, seed {seed_value}: test HR@10 / NDCG@10 (target >= 0.64 / 0.35)",

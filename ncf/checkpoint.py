@@ -1,10 +1,10 @@
 """Per-epoch training checkpoints: model + optimizer + RNG state + progress, so `--resume` ends bit-identical.
 
-One file per training stage (`GMF.pt`, `MLP.pt`, `NeuMF.pt`, and `GMF-refit.pt` ... for the refit pass) under the
-checkpoint directory (local or s3://), each replaced atomically every epoch. A checkpoint records a fingerprint of
-everything that shapes the result, and which training step wrote its optimizer state (ncf.train.make_step);
-resuming under a different configuration, or on another kind of device, is refused rather than silently mixing
-two runs.
+One file per training stage (`GMF.pt`, `MLP.pt`, `NeuMF.pt`; `GMF-refit.pt` ... for the refit pass;
+`GMF-refit-m1.pt` ... for further ensemble members) under the checkpoint directory (local or s3://), each replaced
+atomically every epoch. A checkpoint records a fingerprint of everything that shapes the result, and which training
+step wrote its optimizer state (ncf.train.make_step); resuming under a different configuration, or on another kind
+of device, is refused rather than silently mixing two runs.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ The MLP tower is given by `mlp_layers`: the input width (user + item MLP embeddi
 layer's width. By default it is derived from the seed's `factor_num` / `num_layers` exactly as the paper does
 (each layer halves, the last one is `factor_num` wide); NVIDIA's benchmark shape (256-256-128-64) is expressible
 explicitly.
+
+`NCFEnsemble` holds several such models of one architecture (`ModelSpec.members`, a seed ensemble) and scores
+the mean of their logits; `build_model` returns one or the other, so packages and scorers take either.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class ModelSpec:
     num_layers: int = 3
     dropout: float = 0.0
     mlp_layers: tuple[int, ...] = ()
+    members: int = 1  # models in a seed ensemble (NCFEnsemble); 1: a single NCF
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
@@ -78,6 +82,8 @@ class ModelSpec:
             raise UserError(f"model: need at least one user and one item (got {self.num_users}, {self.num_items})")
         if self.factor_num <= 0 or self.num_layers <= 0:
             raise UserError(f"model: factor_num and num_layers must be positive ({self.factor_num}, {self.num_layers})")
+        if self.members < 1:
+            raise UserError(f"model: members must be >= 1, got {self.members}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"model: dropout must be in [0, 1), got {self.dropout}")
         layers = tuple(int(x) for x in self.mlp_layers) or default_mlp_layers(self.factor_num, self.num_layers)
@@ -103,6 +109,8 @@ class NCF(nn.Module):
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
+        if spec.members != 1:
+            raise UserError(f"model: one NCF cannot hold {spec.members} members; build_model builds the ensemble")
         self.spec = spec
         self.model_type = spec.model_type
         self.uses_gmf = spec.model_type in ("GMF", "NeuMF")
@@ -151,8 +159,36 @@ class NCF(nn.Module):
         return self.predict_layer(features).view(-1)
 
 
-def build_model(spec: ModelSpec) -> NCF:
-    return NCF(spec)
+class NCFEnsemble(nn.Module):
+    """Models of one architecture trained with different seeds; `forward` returns the mean of their logits.
+
+    The members keep their own parameters (`members.<k>.embed_user_GMF.weight`, ...), so each one is exactly the
+    model its training run selected.
+    """
+
+    def __init__(self, members: list[NCF]):
+        super().__init__()
+        first = members[0].spec
+        if any(m.spec != first for m in members):
+            raise UserError("ensemble: every member needs the same architecture (ModelSpec)")
+        self.spec = dataclasses.replace(first, members=len(members))
+        self.model_type = first.model_type
+        self.members = nn.ModuleList(members)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(users, items) for m in self.members]).mean(dim=0)
+
+
+def build_model(spec: ModelSpec) -> NCF | NCFEnsemble:
+    """A freshly initialised model for `spec`: an NCF, or an NCFEnsemble of `spec.members` NCFs."""
+    if spec.members == 1:
+        return NCF(spec)
+    return NCFEnsemble([NCF(dataclasses.replace(spec, members=1)) for _ in range(spec.members)])
+
+
+def ensemble_of(models: list[NCF]) -> NCF | NCFEnsemble:
+    """The model that scores like the mean of `models`' logits; a single model is returned as it is."""
+    return models[0] if len(models) == 1 else NCFEnsemble(models)
 
 
 @torch.no_grad()

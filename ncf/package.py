@@ -23,7 +23,7 @@ import torch
 
 from ncf import storage
 from ncf.errors import UserError
-from ncf.models import NCF, ModelSpec, build_model
+from ncf.models import NCF, ModelSpec, NCFEnsemble, build_model
 
 SCHEMA_VERSION = 1
 FILES = ("weights.safetensors", "config.json", "user_ids.json", "item_ids.json", "seen.npz", "popularity.npy",
@@ -33,7 +33,7 @@ FILES = ("weights.safetensors", "config.json", "user_ids.json", "item_ids.json",
 @dataclasses.dataclass
 class ModelPackage:
     uri: str
-    model: NCF  # eval mode, CPU
+    model: NCF | NCFEnsemble  # eval mode, CPU
     config: dict[str, Any]
     user_ids: list[str]
     item_ids: list[str]
@@ -52,7 +52,7 @@ class ModelPackage:
         return self.seen_indices[self.seen_indptr[user_idx]:self.seen_indptr[user_idx + 1]]
 
 
-def write_package(directory: str | Path, model: NCF, *, user_ids, item_ids, seen_indptr: np.ndarray,
+def write_package(directory: str | Path, model: NCF | NCFEnsemble, *, user_ids, item_ids, seen_indptr: np.ndarray,
                   seen_indices: np.ndarray, popularity: np.ndarray, metrics: dict[str, Any],
                   hyperparameters: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write the package files (no `_SUCCESS`) into an existing local directory; see `save_package`."""
@@ -84,7 +84,7 @@ def write_package(directory: str | Path, model: NCF, *, user_ids, item_ids, seen
     return directory
 
 
-def save_package(uri: str | Path, model: NCF, **kwargs: Any) -> str:
+def save_package(uri: str | Path, model: NCF | NCFEnsemble, **kwargs: Any) -> str:
     """Publish a package at `uri` (local or s3://) atomically, `_SUCCESS` last. kwargs as `write_package`."""
     with storage.staged_output(uri) as tmp:
         write_package(tmp, model, **kwargs)

@@ -3,7 +3,11 @@
 The first MLP layer acts on `concat(user_mlp, item_mlp)`, so it splits into `W_user @ u + (W_item @ i + b)`: the
 item half (and the item GMF embeddings folded with the GMF half of the prediction layer) is computed once per
 model, not once per (user, item) pair. Full-ranking evaluation and the serving predictor both use this class.
-Scores are logits (monotone in the predicted probability; apply a sigmoid for a probability).
+
+An ensemble (`NCFEnsemble`) scores as the mean of its members' logits, computed for all members at once: their GMF
+parts are one product over the concatenated factors, their towers one batched matmul (`bmm`) per layer, so an
+ensemble costs the same number of operations as one model. Scores are logits (monotone in the predicted
+probability; apply a sigmoid for a probability).
 """
 
 from __future__ import annotations
@@ -11,66 +15,78 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ncf.models import NCF
+from ncf.models import NCF, NCFEnsemble
 
 # Upper bound on the [users, items, hidden] activations materialised at once (floats): ~256 MB.
 _ACTIVATION_BUDGET = 1 << 26
 
 
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """[K, ...]; a single tensor is viewed, not copied (a one-model scorer holds no second copy of its tables)."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
 class ItemScorer:
-    """`ItemScorer(model).score_all(users)` -> [B, num_items]; `.score_candidates(users, items)` -> [B, C]."""
+    """`ItemScorer(model).score_all(users)` -> [B, num_items]; `.score_candidates(users, items)` -> [B, C].
+
+    `model`: an NCF or an NCFEnsemble of K members (K = 1 for an NCF); every table below has the members first.
+    """
 
     @torch.no_grad()
-    def __init__(self, model: NCF):
+    def __init__(self, model: NCF | NCFEnsemble):
         self.model = model
+        members = list(model.members) if isinstance(model, NCFEnsemble) else [model]
+        first = members[0]
         self.device = next(model.parameters()).device
         self.num_items = model.spec.num_items
-        weight = model.predict_layer.weight.detach().float()[0]
-        self.bias = model.predict_layer.bias.detach().float()[0]
-        self.gmf_weight = self.item_gmf = None
-        self.user_first = self.item_first = None
-        self.tower: list[nn.Linear] = []
+        k = len(members)
+        # Each member's prediction layer, divided by K: the sum over members is then the mean of their logits.
+        predict = torch.stack([m.predict_layer.weight.detach().float()[0] for m in members]) / k  # [K, P]
+        self.bias = torch.stack([m.predict_layer.bias.detach().float()[0] for m in members]).sum() / k
+        self.user_gmf = self.gmf_weight = self.item_gmf = None
+        self.user_mlp = self.user_first = self.item_first = None
+        self.tower: list[tuple[torch.Tensor, torch.Tensor]] = []
         offset = 0
-        if model.uses_gmf:
+        if first.uses_gmf:
             f = model.spec.factor_num
-            self.gmf_weight = weight[:f]
-            self.item_gmf = model.embed_item_GMF.weight.detach().float()
+            self.user_gmf = _stacked([m.embed_user_GMF.weight.detach() for m in members])  # [K, U, f]
+            self.gmf_weight = predict[:, :f].reshape(1, k * f)
+            self.item_gmf = torch.cat([m.embed_item_GMF.weight.detach().float() for m in members], dim=1)  # [N, K f]
             offset = f
-        if model.uses_mlp:
-            linears = [m for m in model.MLP_layers if isinstance(m, nn.Linear)]
-            first = linears[0]
-            half = model.embed_user_MLP.embedding_dim
-            w = first.weight.detach().float()
-            self.user_first = w[:, :half]
-            # The item half of layer 1, bias included: [num_items, hidden_1].
-            self.item_first = torch.addmm(first.bias.detach().float(), model.embed_item_MLP.weight.detach().float(),
-                                          w[:, half:].t())
-            self.tower = linears[1:]
-            self.mlp_weight = weight[offset:]
-        self.hidden = self.item_first.shape[1] if self.item_first is not None else 1
+        if first.uses_mlp:
+            half = first.embed_user_MLP.embedding_dim
+            linears = [[layer for layer in m.MLP_layers if isinstance(layer, nn.Linear)] for m in members]
+            self.user_mlp = _stacked([m.embed_user_MLP.weight.detach() for m in members])  # [K, U, half]
+            self.user_first = torch.stack([ls[0].weight.detach().float()[:, :half].t() for ls in linears])
+            # The item half of layer 1, bias included: [K, num_items, hidden_1].
+            self.item_first = torch.stack([
+                torch.addmm(ls[0].bias.detach().float(), m.embed_item_MLP.weight.detach().float(),
+                            ls[0].weight.detach().float()[:, half:].t()) for m, ls in zip(members, linears, strict=True)])
+            self.tower = [(torch.stack([ls[j].weight.detach().float().t() for ls in linears]),  # [K, in, out]
+                           torch.stack([ls[j].bias.detach().float() for ls in linears]).unsqueeze(1))  # [K, 1, out]
+                          for j in range(1, len(linears[0]))]
+            self.mlp_weight = predict[:, offset:].unsqueeze(2)  # [K, last, 1]
+        self.hidden = k * (self.item_first.shape[2] if self.item_first is not None else 1)
 
-    def _tower(self, h: torch.Tensor) -> torch.Tensor:
-        h = torch.relu_(h)
-        for layer in self.tower:
-            h = torch.relu_(torch.nn.functional.linear(h, layer.weight.float(), layer.bias.float()))
-        return h @ self.mlp_weight
-
-    @torch.no_grad()
     def _score(self, users: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
         """items None: all items ([B, N]); else per-user candidates [B, C]."""
         out = self.bias.expand(1, 1)
         if self.item_gmf is not None:
-            user_gmf = self.model.embed_user_GMF.weight[users].float() * self.gmf_weight  # [B, f]
+            user_gmf = self.user_gmf[:, users].float().transpose(0, 1).reshape(len(users), -1) * self.gmf_weight
             if items is None:
                 gmf = user_gmf @ self.item_gmf.t()
             else:
                 gmf = torch.einsum("bf,bcf->bc", user_gmf, self.item_gmf[items])
             out = out + gmf
         if self.item_first is not None:
-            user_first = self.model.embed_user_MLP.weight[users].float() @ self.user_first.t()  # [B, h1]
-            item_first = self.item_first if items is None else self.item_first[items]
-            h = user_first[:, None, :] + item_first  # [B, N|C, h1]
-            out = out + self._tower(h)
+            user_first = torch.bmm(self.user_mlp[:, users].float(), self.user_first)  # [K, B, h1]
+            item_first = self.item_first[:, None] if items is None else self.item_first[:, items]  # [K, 1|B, N|C, h1]
+            h = user_first[:, :, None, :] + item_first  # [K, B, N|C, h1]
+            k, b, n, _ = h.shape
+            h = torch.relu_(h.view(k, b * n, -1))
+            for weight, bias in self.tower:
+                h = torch.relu_(torch.baddbmm(bias, h, weight))
+            out = out + torch.bmm(h, self.mlp_weight).sum(dim=0).view(b, n)
         return out
 
     def _chunk(self, width: int) -> int:

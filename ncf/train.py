@@ -14,7 +14,8 @@ user is held out as a validation split; epochs (and early stopping) are chosen o
 With `--refit true` that selection pass is followed by a refit pass: every stage is retrained from scratch on
 all of train (validation rows back in) for exactly its selected epoch count, and the refit model is exported.
 The held-out interaction is each user's most recent one, the strongest signal for the test interaction, so
-training on it pays.
+training on it pays. With `--ensemble K` the exported model is a seed ensemble: the refit pass (without refit:
+the whole training) runs K times with different seeds and the package scores the mean of the K models' logits.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from ncf.config import add_arguments, from_namespace, param
 from ncf.cpu_step import CpuTrainStep
 from ncf.errors import UserError, exit_on_user_error
 from ncf.evaluate import hit_ndcg, sampled_ranks
-from ncf.models import MODEL_TYPES, NCF, ModelSpec, build_model, neumf_from_pretrained
+from ncf.models import MODEL_TYPES, NCF, ModelSpec, build_model, ensemble_of, neumf_from_pretrained
 from ncf.sampling import NegativeSampler, history_order, leave_last_out
 from ncf.scoring import ItemScorer
 
@@ -46,7 +47,7 @@ from ncf.scoring import ItemScorer
 SEED_PRESET: dict[str, Any] = {
     "epochs": 10, "lr": 0.001, "batch_size": 256, "top_k": 10, "dropout": 0.3, "factor_num": 32, "num_layers": 3,
     "model": "NeuMF", "num_neg": 4, "weight_decay": 0.0, "patience": 0, "pretrain": False, "recency_weight": 0.0,
-    "refit": False,
+    "refit": False, "ensemble": 1,
 }
 PRESETS = {"seed": SEED_PRESET}
 
@@ -62,7 +63,7 @@ class TrainConfig:
     top_k: int = param(10, "K of HR@K / NDCG@K", pipeline=True)
     dropout: float = param(0.3, "dropout before each MLP layer", pipeline=True)
     factor_num: int = param(32, "predictive factors: GMF embedding size and the last MLP layer's width", pipeline=True)
-    num_layers: int = param(3, "MLP layers (each halves the width)", pipeline=True)
+    num_layers: int = param(2, "MLP layers (each halves the width)", pipeline=True)
     model: str = param("NeuMF", "model type", pipeline=True, choices=MODEL_TYPES)
     tracking_uri: str = param("", "MLflow tracking URI; empty: no MLflow logging", pipeline=True)
     experiment: str = param("ncf-train", "MLflow experiment name")
@@ -80,6 +81,9 @@ class TrainConfig:
     refit: bool = param(True, "retrain every stage from scratch on all of train (validation rows back in) "
                                "for exactly its validation-selected epoch count and export that model; "
                                "ignored with patience 0 (no validation split)")
+    ensemble: int = param(3, "models in the exported seed ensemble: the refit pass (without refit: the whole "
+                                 "training) runs once per member with its own seed, and the package scores the "
+                                 "mean of their logits; 1: a single model")
     preset: str = param("", "named hyperparameter set applied to fields left at their defaults", choices=("", *PRESETS))
     mlp_layers: str = param("", "explicit MLP tower, e.g. 256,256,128,64 (input width first); overrides num_layers")
     seed: int = param(42, "random seed (full determinism on CPU)")
@@ -108,7 +112,7 @@ def apply_preset(config: TrainConfig) -> TrainConfig:
 
 
 def _validate(config: TrainConfig) -> None:
-    for name in ("epochs", "batch_size", "top_k", "factor_num", "num_layers", "num_neg"):
+    for name in ("epochs", "batch_size", "top_k", "factor_num", "num_layers", "num_neg", "ensemble"):
         if getattr(config, name) <= 0:
             raise UserError(f"{name}: must be positive, got {getattr(config, name)}")
     if not (config.lr > 0 and math.isfinite(config.lr)):
@@ -278,6 +282,16 @@ def _stage_seed(stage: str, seed: int) -> int:
     return seed + 1000 * (1 + MODEL_TYPES.index(stage))
 
 
+def _member_seed(seed: int, member: int) -> int:
+    """Ensemble member `member`'s seed; member 0 trains exactly like a single model (`--ensemble 1`)."""
+    return seed + 10_000 * member
+
+
+def _member_label(stage: str, refit: bool, member: int) -> str:
+    """A stage run's name in logs and its checkpoint file: `NeuMF`, `NeuMF-refit`, `NeuMF-refit-m2`."""
+    return stage + ("-refit" if refit else "") + (f"-m{member}" if member else "")
+
+
 def _init_model(spec: ModelSpec, model_type: str, seed: int) -> NCF:
     """A freshly initialised model; each stage seeds its own RNG so a resumed run rebuilds it identically."""
     torch.manual_seed(_stage_seed(model_type, seed))
@@ -377,20 +391,22 @@ def _refits(config: TrainConfig) -> bool:
 
 
 def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainConfig, runtime: _Runtime,
-                 ckpt_dir: str, fingerprint: str, logger, epochs: int,
-                 refit: bool) -> tuple[NCF, list[_EpochRecord], dict[str, Any]]:
+                 ckpt_dir: str, fingerprint: str, logger, epochs: int, refit: bool,
+                 member: int = 0) -> tuple[NCF, list[_EpochRecord], dict[str, Any]]:
     """Train `model` for up to `epochs`; returns the selected model, its history and summary numbers.
 
     `refit`: this is the refit pass's run of the stage: same seeds as the selection pass, its own checkpoint
-    file, progress label and MLflow keys.
+    file, progress label and MLflow keys. `member`: the ensemble member it trains (its seeds, label and keys).
     """
-    label = f"{stage}-refit" if refit else stage
-    # Only the exported model's epochs feed the seed's dashboards: with a refit pass, those are the refit's.
-    final = stage == config.model and refit == _refits(config)
+    label = _member_label(stage, refit, member)
+    # Only the exported model's epochs feed the seed's dashboards: with a refit pass, those are the refit's; in an
+    # ensemble, the last member's (the ensemble's own line follows at the end).
+    final = stage == config.model and refit == _refits(config) and member == config.ensemble - 1
     device = runtime.device
     model.to(device)
-    generator = torch.Generator(device=device).manual_seed(_stage_seed(stage, config.seed))
-    torch.manual_seed(_stage_seed(stage, config.seed) + 1)  # dropout's stream (restored below when resuming)
+    seed = _stage_seed(stage, _member_seed(config.seed, member))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    torch.manual_seed(seed + 1)  # dropout's stream (restored below when resuming)
     step = make_step(model, config.lr, config.weight_decay, device, runtime.distributed, config.compile)
 
     ckpt_uri = storage.join(ckpt_dir, f"{label}.pt")
@@ -455,7 +471,7 @@ def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainCo
                           if record.val_hr is not None else "")
             print(f"[{label}] epoch {epoch + 1}/{epochs} {time.perf_counter() - started:.1f}s{validation}",
                   file=sys.stderr, flush=True)
-            logger.log_epoch(stage, record, refit)
+            logger.log_epoch(stage, record, refit, member)
         if runtime.distributed:
             dist.broadcast(stop, 0)
         stopped = bool(stop.item())
@@ -513,11 +529,12 @@ class _Logger:
         self.run_id = run.info.run_id
         mlflow.log_params({k: v for k, v in dataclasses.asdict(config).items() if k not in ("tracking_uri",)})
 
-    def log_epoch(self, stage: str, record: _EpochRecord, refit: bool) -> None:
+    def log_epoch(self, stage: str, record: _EpochRecord, refit: bool, member: int = 0) -> None:
         if not self.active:
             return
-        # The refit pass repeats the selection pass's epoch numbers (steps), so it logs under its own keys.
-        prefix = ("refit_" if refit else "") + ("" if stage == self.final_stage else f"{stage.lower()}_")
+        # The refit pass and each ensemble member repeat the same epoch numbers (steps): each has its own keys.
+        prefix = (("refit_" if refit else "") + (f"m{member}_" if member else "")
+                  + ("" if stage == self.final_stage else f"{stage.lower()}_"))
         values = {f"{prefix}hr": record.hr, f"{prefix}ndcg": record.ndcg, f"{prefix}loss": record.loss}
         if record.val_hr is not None:
             values.update({f"{prefix}val_hr": record.val_hr, f"{prefix}val_ndcg": record.val_ndcg})
@@ -549,24 +566,24 @@ def _fingerprint(config: TrainConfig, partition, world_size: int) -> str:
 
 
 def _train_pass(spec: ModelSpec, data: _Data, partition, config: TrainConfig, runtime: _Runtime,
-                ckpt_dir: str, fingerprint: str, logger, refit_epochs: dict[str, int] | None
+                ckpt_dir: str, fingerprint: str, logger, refit_epochs: dict[str, int] | None, member: int = 0
                 ) -> tuple[NCF, list[_EpochRecord], dict[str, dict[str, Any]]]:
     """Train every stage once: GMF and MLP first when NeuMF is pretrained from them, then config.model.
 
     Selection pass (`refit_epochs` None): each stage trains up to config.epochs and keeps its best validation
-    epoch. Refit pass: each stage trains exactly `refit_epochs[stage]` epochs. Returns the final model, its
-    history and each stage's summary.
+    epoch. Refit pass: each stage trains exactly `refit_epochs[stage]` epochs. `member`: the ensemble member
+    (its seeds). Returns the final model, its history and each stage's summary.
     """
     pretrain = config.pretrain and config.model == "NeuMF"
     models: dict[str, NCF] = {}
     summaries: dict[str, dict[str, Any]] = {}
     for stage in ("GMF", "MLP", "NeuMF") if pretrain else (config.model,):
         model = (neumf_from_pretrained(models["GMF"].cpu(), models["MLP"].cpu(), dropout=config.dropout)
-                 if pretrain and stage == "NeuMF" else _init_model(spec, stage, config.seed))
+                 if pretrain and stage == "NeuMF" else _init_model(spec, stage, _member_seed(config.seed, member)))
         epochs = config.epochs if refit_epochs is None else refit_epochs[stage]
         models[stage], history, summaries[stage] = _train_stage(
             stage, model, data, partition, config, runtime, ckpt_dir, fingerprint, logger, epochs,
-            refit=refit_epochs is not None)
+            refit=refit_epochs is not None, member=member)
     return models[config.model], history, summaries
 
 
@@ -588,8 +605,9 @@ def run(config: TrainConfig) -> TrainResult:
     failed = True
     try:
         started = time.perf_counter()
-        model, history, summaries = _train_pass(spec, data, partition, config, runtime, ckpt_dir, fingerprint,
-                                                logger, refit_epochs=None)
+        members = [_train_pass(spec, data, partition, config, runtime, ckpt_dir, fingerprint, logger,
+                               refit_epochs=None)]
+        model, history, summaries = members[0]
         # The selection pass's chosen epoch; its validation metrics are reported with or without a refit.
         validation = next((r for r in history if r.epoch == summaries[config.model]["best_epoch"]), None)
         refit_epochs: dict[str, int] = {}
@@ -601,8 +619,13 @@ def run(config: TrainConfig) -> TrainResult:
                 dist.broadcast(counts, 0)
                 refit_epochs = dict(zip(refit_epochs, counts.tolist(), strict=True))
             data = _prepare_data(partition, config, runtime.device, hold_out=False)
-            model, history, summaries = _train_pass(spec, data, partition, config, runtime, ckpt_dir,
-                                                    fingerprint, logger, refit_epochs)
+            members = []
+        # Without refit every member is a whole training run (member 0 is the one above).
+        for member in range(len(members), config.ensemble):
+            members.append(_train_pass(spec, data, partition, config, runtime, ckpt_dir, fingerprint, logger,
+                                       refit_epochs or None, member))
+        model = ensemble_of([m[0] for m in members])
+        _, history, summaries = members[-1]
         summary = summaries[config.model]
         summary["train_seconds"] = time.perf_counter() - started
         model_uri = storage.join(config.output_uri)
@@ -620,7 +643,7 @@ def run(config: TrainConfig) -> TrainResult:
                                 f"val_ndcg@{config.top_k}": validation.val_ndcg})
             if refit_epochs:
                 metrics["refit_epochs"] = refit_epochs
-            if history and selected is not history[-1]:
+            if config.ensemble > 1 or (history and selected is not history[-1]):
                 print(_metric_line(metrics[f"hr@{config.top_k}"], metrics[f"ndcg@{config.top_k}"], metrics["loss"]),
                       flush=True)
             hyperparameters = {k: v for k, v in dataclasses.asdict(config).items()

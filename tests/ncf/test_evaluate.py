@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from ncf.evaluate import evaluate, full_ranks, hit_ndcg, sampled_ranks
@@ -72,9 +73,10 @@ def test_evaluate_returns_both_protocols_and_per_user_arrays(tiny_partition):
             assert hit == float((scores[1:] >= scores[0]).sum() < 5)
 
 
-def test_scorer_matches_forward_for_all_and_candidates(tiny_partition):
+@pytest.mark.parametrize("members", [1, 3])
+def test_scorer_matches_forward_for_all_and_candidates(tiny_partition, members):
     for model_type in ("GMF", "MLP", "NeuMF"):
-        model = build_model(ModelSpec(model_type, 30, 60, 8, 3, dropout=0.5)).eval()
+        model = build_model(ModelSpec(model_type, 30, 60, 8, 3, dropout=0.5, members=members)).eval()
         scorer = ItemScorer(model)
         users = torch.tensor([3, 0, 29])
         with torch.no_grad():

@@ -5,7 +5,16 @@ import pytest
 import torch
 
 from ncf.errors import UserError
-from ncf.models import ModelSpec, build_model, default_mlp_layers, dropout_mask, neumf_from_pretrained
+from ncf.models import (
+    NCF,
+    ModelSpec,
+    NCFEnsemble,
+    build_model,
+    default_mlp_layers,
+    dropout_mask,
+    ensemble_of,
+    neumf_from_pretrained,
+)
 
 
 def test_default_tower_halves_down_to_factor_num():
@@ -55,6 +64,33 @@ def test_bad_specs_are_user_errors():
         ModelSpec("FM", 3, 3)
     with pytest.raises(UserError, match="dropout"):
         ModelSpec("GMF", 3, 3, dropout=1.5)
+    with pytest.raises(UserError, match="members must be >= 1"):
+        ModelSpec("GMF", 3, 3, members=0)
+
+
+def test_ensemble_scores_the_mean_of_its_members_logits():
+    torch.manual_seed(0)
+    spec = ModelSpec("NeuMF", 5, 7, factor_num=4, num_layers=2)
+    members = [build_model(spec).eval() for _ in range(3)]
+    ensemble = ensemble_of(members)
+    assert isinstance(ensemble, NCFEnsemble) and ensemble.spec.members == 3 and ensemble.model_type == "NeuMF"
+    users, items = torch.tensor([0, 4, 2, 1]), torch.tensor([6, 0, 3, 3])
+    expected = (members[0](users, items) + members[1](users, items) + members[2](users, items)) / 3
+    torch.testing.assert_close(ensemble(users, items), expected)
+    assert ensemble_of(members[:1]) is members[0]
+    # Rebuilt from its spec (as a package loads it), the ensemble has the same parameter names and shapes.
+    rebuilt = build_model(ensemble.spec)
+    assert isinstance(rebuilt, NCFEnsemble) and len(rebuilt.members) == 3
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in
+                                                                     ensemble.state_dict().items()}
+    assert "members.2.embed_item_MLP.weight" in rebuilt.state_dict()
+
+
+def test_ensemble_members_must_share_an_architecture():
+    with pytest.raises(UserError, match="same architecture"):
+        ensemble_of([build_model(ModelSpec("GMF", 5, 7, factor_num=4)), build_model(ModelSpec("GMF", 5, 7, factor_num=8))])
+    with pytest.raises(UserError, match="build_model builds the ensemble"):
+        NCF(ModelSpec("GMF", 5, 7, members=2))
 
 
 def test_neumf_from_pretrained_combines_gmf_and_mlp():

@@ -8,7 +8,7 @@ import torch
 
 from ncf import storage
 from ncf.errors import UserError
-from ncf.models import ModelSpec, build_model
+from ncf.models import ModelSpec, build_model, ensemble_of
 from ncf.package import load_package, package_tables, save_package
 from ncf.scoring import ItemScorer
 
@@ -41,6 +41,20 @@ def test_round_trip_is_bit_identical(tmp_path, model, tiny_partition):
     assert pkg.popularity.dtype == np.float32 and pkg.popularity.sum() == tiny_partition.train_users.size
     train_items_0 = sorted(tiny_partition.train_items[tiny_partition.train_users == 0].tolist())
     assert pkg.seen_items(0).tolist() == train_items_0
+
+
+def test_ensemble_round_trip_is_bit_identical(tmp_path, tiny_partition):
+    torch.manual_seed(5)
+    spec = ModelSpec("NeuMF", tiny_partition.num_users, tiny_partition.num_items, 8, 2, 0.3)
+    ensemble = ensemble_of([build_model(spec).eval() for _ in range(2)])
+    uri = _save(tmp_path / "models" / "ensemble", ensemble, tiny_partition)
+    pkg = load_package(uri)
+    assert pkg.config["members"] == 2 and pkg.model.spec == ensemble.spec and not pkg.model.training
+    users = torch.arange(tiny_partition.num_users)
+    assert torch.equal(ItemScorer(pkg.model).score_all(users), ItemScorer(ensemble).score_all(users))
+    # A package of one member is the single model's package: old readers and writers agree on it.
+    single = load_package(_save(tmp_path / "models" / "single", ensemble.members[0], tiny_partition))
+    assert single.config["members"] == 1 and type(single.model).__name__ == "NCF"
 
 
 def test_round_trip_through_s3(s3_bucket, model, tiny_partition):

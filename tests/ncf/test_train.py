@@ -25,7 +25,7 @@ TIMING = ("train_seconds", "samples_per_second")
 
 def _config(partition_uri, output, **overrides) -> TrainConfig:
     values = dict(partition_uri=partition_uri, output_uri=str(output), epochs=3, batch_size=64, factor_num=8,
-                  num_layers=2, patience=2, progress="off")
+                  num_layers=2, patience=2, ensemble=1, progress="off")
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -56,15 +56,19 @@ def test_cli_prints_seed_metric_lines_and_exports_a_package(tiny_partition_uri, 
     out = tmp_path / "models" / "run-1"
     assert main(["--partition-uri", tiny_partition_uri, "--output-uri", str(out), "--patience", "0", *FAST]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3
+    # The default ensemble of 3: the last member's 3 epochs, then the exported ensemble's line.
+    assert len(lines) == 4
     for line in lines:
         assert re.fullmatch(r"HR=0\.\d{4}; NDCG=0\.\d{4}; Loss=\d+\.\d{4};", line)
         assert all(0 <= float(re.search(rx, line).group(1)) for rx in SEED_REGEXES)
     pkg = load_package(out)
     assert pkg.config["model_type"] == "NeuMF" and pkg.config["hyperparameters"]["epochs"] == 3
+    assert pkg.config["members"] == 3
     assert {"hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10", "loss", "epochs"} <= set(pkg.metrics)
     assert pkg.metrics["epochs"] == 3
-    assert (tmp_path / "models" / "run-1.checkpoint" / "NeuMF.pt").exists()
+    assert lines[-1].startswith(f"HR={pkg.metrics['hr@10']:.4f}; NDCG={pkg.metrics['ndcg@10']:.4f};")
+    assert sorted(p.name for p in (tmp_path / "models" / "run-1.checkpoint").iterdir()) == sorted(
+        f"{stage}{member}.pt" for stage in ("GMF", "MLP", "NeuMF") for member in ("", "-m1", "-m2"))
 
 
 def test_seed_preset_fills_only_defaulted_fields():
@@ -97,7 +101,8 @@ class _Killed(Exception):
     (REFIT, ("NeuMF", 4)),  # the selection pass's last (early-stopped) epoch: the refit has not started
     (REFIT, ("GMF-refit", 1)),
     (REFIT, ("NeuMF-refit", 2)),  # GMF-refit and MLP-refit are complete, NeuMF-refit is not
-], ids=["neumf", "pretrain", "refit-after-selection", "refit-gmf", "refit-neumf"])
+    ({**REFIT, "ensemble": 2}, ("MLP-refit-m1", 1)),  # member 0 is complete, member 1 is not
+], ids=["neumf", "pretrain", "refit-after-selection", "refit-gmf", "refit-neumf", "ensemble-member"])
 def test_resume_after_kill_is_bit_identical(tiny_partition_uri, tmp_path, monkeypatch, overrides, kill_at):
     settings = {"epochs": 3, "patience": 5, **overrides}
     full = run(_config(tiny_partition_uri, tmp_path / "full", **settings))
@@ -313,3 +318,37 @@ def test_refit_is_ignored_without_a_validation_split(tiny_partition_uri, tmp_pat
     assert _without_timing(with_refit.metrics) == _without_timing(without.metrics)
     assert "refit_epochs" not in with_refit.metrics
     assert sorted(p.name for p in (tmp_path / "a.checkpoint").iterdir()) == ["GMF.pt", "MLP.pt", "NeuMF.pt"]
+
+
+def test_ensemble_refits_each_member_with_its_own_seed(tiny_partition_uri, tmp_path, monkeypatch, capsys):
+    by_stage = _record_epochs(monkeypatch)
+    settings = dict(model="GMF", epochs=10, patience=1, lr=0.05, refit=True)
+    ensemble = run(_config(tiny_partition_uri, tmp_path / "ensemble", ensemble=3, **settings))
+    stdout = capsys.readouterr().out.splitlines()
+    # One selection pass picks the epochs; every member is refit for exactly that many.
+    epochs = ensemble.metrics["refit_epochs"]["GMF"]
+    assert [len(by_stage[label]) for label in ("GMF-refit", "GMF-refit-m1", "GMF-refit-m2")] == [epochs] * 3
+    assert "GMF-m1" not in by_stage  # members share the selection pass
+    single = run(_config(tiny_partition_uri, tmp_path / "single", ensemble=1, **settings))
+    assert ensemble.metrics["refit_epochs"] == single.metrics["refit_epochs"]
+    pkg = load_package(ensemble.model_uri)
+    assert pkg.config["members"] == 3 and pkg.config["hyperparameters"]["ensemble"] == 3
+    members = pkg.model.members
+    # Member 0 is the single model; the others are different models (their own seeds).
+    _assert_same_weights(members[0].state_dict(), _weights(single.model_uri))
+    assert not torch.equal(members[1].embed_user_GMF.weight, members[0].embed_user_GMF.weight)
+    assert not torch.equal(members[2].embed_user_GMF.weight, members[1].embed_user_GMF.weight)
+    # The exported metrics are the ensemble's; stdout has the last member's epochs, then the ensemble's line.
+    assert ensemble.metrics["hr@10"] == pkg.metrics["hr@10"]
+    assert stdout[:-1] == [train._metric_line(r.hr, r.ndcg, r.loss) for r in by_stage["GMF-refit-m2"]]
+    assert stdout[-1] == train._metric_line(pkg.metrics["hr@10"], pkg.metrics["ndcg@10"], pkg.metrics["loss"])
+
+
+def test_ensemble_without_refit_trains_every_member_in_full(tiny_partition_uri, tmp_path, monkeypatch):
+    by_stage = _record_epochs(monkeypatch)
+    result = run(_config(tiny_partition_uri, tmp_path / "m", model="GMF", epochs=2, patience=0, ensemble=2))
+    assert [len(by_stage[label]) for label in ("GMF", "GMF-m1")] == [2, 2]
+    # Member 1 is the single run of its seed.
+    seed_1 = run(_config(tiny_partition_uri, tmp_path / "seed", model="GMF", epochs=2, patience=0,
+                         seed=42 + train._member_seed(0, 1)))
+    _assert_same_weights(load_package(result.model_uri).model.members[1].state_dict(), _weights(seed_1.model_uri))

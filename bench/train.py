@@ -56,7 +56,7 @@ ML100K = SHARED / "datasets" / "ml-100k" / "u.data"
 # Every field that shapes it is pinned, so a change of the recommended defaults does not move it.
 FAST = {"model": "NeuMF", "pretrain": False, "batch_size": 2048, "lr": 0.004, "epochs": 6, "patience": 0,
         "dropout": 0.0, "num_neg": 4, "weight_decay": 0.0, "recency_weight": 16.0, "recency_power": 4.0,
-        "ensemble": 1}
+        "ensemble": 1, "factor_num": 32, "num_layers": 2}
 
 
 # ---- the naive reference loop (the common public implementation, github.com/guoyang9/NCF) --------------------

@@ -607,7 +607,7 @@ def run(config: TrainConfig) -> TrainResult:
         started = time.perf_counter()
         members = [_train_pass(spec, data, partition, config, runtime, ckpt_dir, fingerprint, logger,
                                refit_epochs=None)]
-        model, history, summaries = members[0]
+        _, history, summaries = members[0]
         # The selection pass's chosen epoch; its validation metrics are reported with or without a refit.
         validation = next((r for r in history if r.epoch == summaries[config.model]["best_epoch"]), None)
         refit_epochs: dict[str, int] = {}
@@ -619,8 +619,9 @@ def run(config: TrainConfig) -> TrainResult:
                 dist.broadcast(counts, 0)
                 refit_epochs = dict(zip(refit_epochs, counts.tolist(), strict=True))
             data = _prepare_data(partition, config, runtime.device, hold_out=False)
-            members = []
-        # Without refit every member is a whole training run (member 0 is the one above).
+            members = []  # the refit members replace the selection pass's model
+        # With refit: every member is a refit pass of the selected epochs. Without: the selection pass's model is
+        # member 0 and each further member is a whole training run of its own seed.
         for member in range(len(members), config.ensemble):
             members.append(_train_pass(spec, data, partition, config, runtime, ckpt_dir, fingerprint, logger,
                                        refit_epochs or None, member))

@@ -6,8 +6,8 @@ for every embedding table, zero-filled each step; dense Adam over all of them; a
 - the embedding tables live in one row block (user rows, then item rows; GMF columns, then MLP columns) next to their
   Adam moments, so a batch reads its rows with one gather and writes them back with one scatter;
 - embedding rows follow lazy Adam: only rows in the batch move, and their moments decay only when touched (as in
-  `torch.optim.SparseAdam`, with `torch.optim.Adam`'s epsilon); the MLP tower and the prediction layer follow dense (fused) Adam, with the
-  L2 `weight_decay` of `torch.optim.Adam` (on embedding rows too, when they are touched);
+  `torch.optim.SparseAdam`, with `torch.optim.Adam`'s epsilon); the MLP tower and the prediction layer follow dense
+  (fused) Adam, with the L2 `weight_decay` of `torch.optim.Adam` (on embedding rows too, when they are touched);
 - dropout masks come from `ncf.models.dropout_mask` fed by the step's own PCG64 stream (seeded from torch's
   global generator, saved in `state_dict`), in the order the model's Dropout layers draw them;
 - autograd's per-op bookkeeping is gone: with the same masks a step equals autograd on the model with
@@ -111,7 +111,8 @@ class CpuTrainStep:
         if self.mlp_width:
             x = torch.cat((user_rows[:, gmf:], item_rows[:, gmf:]), 1)
             for layer in self.linears:
-                mask = dropout_mask((batch, layer.in_features), self.dropout, self.dropout_bits) if self.dropout else None
+                mask = (dropout_mask((batch, layer.in_features), self.dropout, self.dropout_bits)
+                        if self.dropout else None)
                 if mask is not None:
                     x = x.mul_(mask) if not inputs else x * mask  # the first input is a fresh tensor
                 inputs.append(x)

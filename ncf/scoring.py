@@ -34,7 +34,6 @@ class ItemScorer:
 
     @torch.no_grad()
     def __init__(self, model: NCF | NCFEnsemble):
-        self.model = model
         members = list(model.members) if isinstance(model, NCFEnsemble) else [model]
         first = members[0]
         self.device = next(model.parameters()).device
@@ -61,7 +60,8 @@ class ItemScorer:
             # The item half of layer 1, bias included: [K, num_items, hidden_1].
             self.item_first = torch.stack([
                 torch.addmm(ls[0].bias.detach().float(), m.embed_item_MLP.weight.detach().float(),
-                            ls[0].weight.detach().float()[:, half:].t()) for m, ls in zip(members, linears, strict=True)])
+                            ls[0].weight.detach().float()[:, half:].t())
+                for m, ls in zip(members, linears, strict=True)])
             self.tower = [(torch.stack([ls[j].weight.detach().float().t() for ls in linears]),  # [K, in, out]
                            torch.stack([ls[j].bias.detach().float() for ls in linears]).unsqueeze(1))  # [K, 1, out]
                           for j in range(1, len(linears[0]))]

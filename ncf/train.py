@@ -5,9 +5,9 @@
     torchrun --nproc-per-node 2 -m ncf.train ...   # DistributedDataParallel (gloo on CPU, nccl on GPU)
 
 The fast path is the only path: the training set lives as tensors on the device, each epoch draws its negatives
-exactly and vectorised (ncf/sampling.py), shuffles with one permutation and slices batches; no Dataset/DataLoader. A batch is one step of `make_step`:
-on one CPU process the hand-written step of ncf/cpu_step.py (lazy Adam on the embedding rows in the batch),
-elsewhere autograd with fused Adam (bf16 autocast on GPUs).
+exactly and vectorised (ncf/sampling.py), shuffles with one permutation and slices batches; no Dataset/DataLoader.
+A batch is one step of `make_step`: on one CPU process the hand-written step of ncf/cpu_step.py (lazy Adam on the
+embedding rows in the batch), elsewhere autograd with fused Adam (bf16 autocast on GPUs).
 Per epoch it prints the seed's metric line `HR=0.xxxx; NDCG=0.xxxx; Loss=0.xxxx;` (test set, sampled protocol,
 for the dashboards that scrape it) and checkpoints. With `patience > 0` the latest training interaction of each
 user is held out as a validation split; epochs (and early stopping) are chosen on it, never on the test set.

@@ -50,12 +50,15 @@ compile: setup
 bench: setup java
 	$(VENV)/bin/ncfctl bench all
 
-# Tags match what the compiled pipeline and the manifests name (pipelines/images.py).
+# Tags match what the compiled pipeline and the manifests name (pipelines/images.py): one tag per commit, never
+# reused. Each image also gets its SageMaker variant, <name>:<tag>-sagemaker (docker/sagemaker.Dockerfile).
 NCF_IMAGE_REGISTRY ?= ghcr.io/ncf-platform
-VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+NCF_IMAGE_TAG ?= $(shell $(PYTHON) pipelines/images.py tag)
 images:
 	for name in pipeline train-cuda serving; do \
-	  docker build -f docker/$$name.Dockerfile -t $(NCF_IMAGE_REGISTRY)/$$name:$(VERSION) . || exit 1; \
+	  docker build -f docker/$$name.Dockerfile -t $(NCF_IMAGE_REGISTRY)/$$name:$(NCF_IMAGE_TAG) . || exit 1; \
+	  docker build -f docker/sagemaker.Dockerfile --build-arg BASE_IMAGE=$(NCF_IMAGE_REGISTRY)/$$name:$(NCF_IMAGE_TAG) \
+	    -t $(NCF_IMAGE_REGISTRY)/$$name:$(NCF_IMAGE_TAG)-sagemaker docker || exit 1; \
 	done
 
 clean:

@@ -92,13 +92,41 @@ def test_the_makefile_images_target_builds_exactly_these_files():
     assert set(built) == set(IMAGES) == set(images.NAMES)
     for name, tag in built.items():
         assert tag == images.image(name), "make images tags what the pipeline and manifests reference"
+    variants = dict(re.findall(
+        r"docker build -f docker/sagemaker\.Dockerfile --build-arg BASE_IMAGE=(\S+) -t (\S+) docker", commands))
+    assert variants == {images.image(n): images.image(n) + images.SAGEMAKER_SUFFIX for n in IMAGES}
+
+
+def test_image_tags_are_one_per_commit(monkeypatch):
+    """Not the project version: `make images` on a new commit must not overwrite what nodes have cached."""
+    from pipelines import images
+
+    monkeypatch.delenv("NCF_IMAGE_TAG", raising=False)
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert images.tag().removesuffix("-dirty") == commit
+    make_tag = subprocess.run(["python3", "pipelines/images.py", "tag"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout.strip()
+    assert make_tag == images.tag(), "the Makefile and the compiled pipeline agree (stdlib only, no venv)"
+    monkeypatch.setenv("NCF_IMAGE_TAG", "0123abcd")
+    assert images.tag() == "0123abcd" and images.image("serving").endswith("/serving:0123abcd")
+
+
+def test_sagemaker_variant_runs_the_same_image_as_root():
+    """SageMaker mounts /opt/ml/processing/<output> and /opt/ml/model owned by root and cannot set the container's
+    user: the variant only switches the user, so it is the same code as the tag it is built from."""
+    variant = parse(DOCKER / "sagemaker.Dockerfile")
+    (stage,) = variant.stages
+    assert stage.base == "ghcr.io/ncf-platform/pipeline:0.1.0" and variant.args["BASE_IMAGE"]
+    assert "${BASE_IMAGE}" in (DOCKER / "sagemaker.Dockerfile").read_text()
+    assert stage.instructions == [("USER", "0:0")]
 
 
 @pytest.mark.skipif(not HADOLINT.exists() and shutil.which("hadolint") is None, reason="hadolint not installed")
 def test_hadolint_passes():
     exe = str(HADOLINT) if HADOLINT.exists() else shutil.which("hadolint")
     result = subprocess.run(
-        [exe, "--format", "json", *(str(DOCKER / f"{n}.Dockerfile") for n in IMAGES)],
+        [exe, "--format", "json", *(str(DOCKER / f"{n}.Dockerfile") for n in (*IMAGES, "sagemaker"))],
         capture_output=True, text=True, timeout=60,
     )
     findings = json.loads(result.stdout or "[]")

@@ -8,14 +8,18 @@ from pipelines.images import PIPELINE_IMAGE
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
-def preprocess(input_uri: str, storage_root: str, run_date: str, partition: Output[Dataset]):
-    """Writes `<storage_root>/data/dt=<run_date>`; the artifact carries its URI and stats for the UI."""
+def preprocess(input_uri: str, storage_root: str, run_date: str, scheduled_time: str, partition: Output[Dataset]):
+    """Writes `<storage_root>/data/dt=<run_date>`; the artifact carries its URI and stats for the UI.
+
+    `scheduled_time`: the run's, from the KFP backend (pipelines/kfp_pipeline.py); an empty run_date: its day."""
     args = dict(locals())  # first statement: the parameters, by name, for the step's config
     import json
 
     from ncf.config import pipeline_fields
+    from pipelines.run_date import resolve
     from spark.preprocess import PreprocessConfig, run
 
+    args["run_date"] = resolve(run_date, scheduled_time)
     config = PreprocessConfig(**{f.name: args[f.name] for f in pipeline_fields(PreprocessConfig)})
     result = run(config)
     partition.metadata.update(

@@ -42,20 +42,30 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Kubernetes (KFP)")
     group.add_argument("--gpu-count", type=int, default=k8s.gpu_count, help="GPUs for the train task (0: CPU)")
     group.add_argument("--gpu-node-selector", action="append", metavar="LABEL=VALUE",
-                       help=f"node selector of the train task (repeatable; default: {dict(k8s.gpu_node_selector)})")
+                       help="node selector of the train task (repeatable; default: none, the nvidia.com/gpu "
+                            "request picks a GPU node), e.g. node.kubernetes.io/instance-type=g5.xlarge")
     group.add_argument("--gpu-toleration", action="append", metavar="KEY:EFFECT",
                        help=f"toleration of the train task (repeatable; default: {k8s.gpu_tolerations})")
     group.add_argument("--aws-secret", default=k8s.aws_secret, help="Secret with AWS_ACCESS_KEY_ID / "
-                       "AWS_SECRET_ACCESS_KEY for every task ('' = none: IRSA)")
+                       "AWS_SECRET_ACCESS_KEY for every task ('' = none: EKS, IRSA of KFP's pipeline-runner)")
     group.add_argument("--storage-config-map", default=k8s.storage_config_map,
                        help="ConfigMap with AWS_DEFAULT_REGION / AWS_ENDPOINT_URL ('' = none)")
     group.add_argument("--retries", type=int, default=k8s.retries, help="retries per task (backoff 60s x2)")
     group.add_argument("--no-caching", action="store_true", help="turn KFP caching off for every task")
+    group.add_argument("--run-deadline", type=int, default=k8s.run_deadline_s, metavar="SECONDS",
+                       help="fail the run after this long, a task that never gets a node included (0: never)")
+    group.add_argument("--image-pull-secret", action="append", metavar="SECRET",
+                       help="docker-registry Secret in KFP's namespace for a private registry (repeatable)")
     group = parser.add_argument_group("SageMaker")
     group.add_argument("--role-arn", default=sm.role_arn, help="execution role of the SageMaker pipeline")
     group.add_argument("--region", default=sm.region)
     group.add_argument("--model-package-group", default=sm.model_package_group)
     group.add_argument("--endpoint-name", default=sm.endpoint_name)
+    group.add_argument("--sagemaker-image-registry", default=sm.image_registry, metavar="ECR_PREFIX",
+                       help="ECR repository prefix holding the <name>:<tag>-sagemaker images")
+    group.add_argument("--sagemaker-subnet", action="append", metavar="SUBNET_ID",
+                       help="run the jobs in this VPC subnet (repeatable; with --sagemaker-security-group)")
+    group.add_argument("--sagemaker-security-group", action="append", metavar="SG_ID", help="(repeatable)")
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[KubernetesSettings, SageMakerSettings]:
@@ -65,6 +75,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[KubernetesSettings, Sa
         storage_config_map=args.storage_config_map,
         retries=args.retries,
         caching=not args.no_caching,
+        run_deadline_s=args.run_deadline,
+        image_pull_secrets=tuple(name for name in args.image_pull_secret or () if name),  # "": an unset CI variable
     )
     if args.gpu_node_selector:
         k8s = dataclasses.replace(k8s, gpu_node_selector=_pairs(args.gpu_node_selector, "--gpu-node-selector"))
@@ -75,6 +87,9 @@ def settings_from_args(args: argparse.Namespace) -> tuple[KubernetesSettings, Sa
         region=args.region,
         model_package_group=args.model_package_group,
         endpoint_name=args.endpoint_name,
+        image_registry=args.sagemaker_image_registry,
+        subnets=tuple(args.sagemaker_subnet or ()),
+        security_group_ids=tuple(args.sagemaker_security_group or ()),
     )
     return k8s, sm
 

@@ -2,11 +2,19 @@
 
 The same pipeline object is compiled to IR YAML for a cluster (`ncfctl compile`, `ncfctl submit`) and run
 on this machine by kfp.local (`ncfctl run`). Kubernetes settings (GPU, AWS credentials from a Secret,
-retries, timeouts, caching) are kfp-kubernetes platform config: the local runner ignores them.
+retries, timeouts, caching, image pull policy and secrets, the run's deadline) are kfp-kubernetes platform
+config: the local runner ignores them.
+
+The preprocess task gets the run's scheduled time (`dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER`; the creation
+time for a run nobody scheduled) as an input: an empty `run_date` means that day, and the time is part of the
+task's cache key, so a daily run never reuses an earlier day's partition (kfp.local gets "": today, UTC).
+`BACKEND_FEATURES` lists what the compiled IR needs from the KFP backend, with the release that first provides
+it; docs/cluster.md pins one that has them all (tests/manifests/test_cluster_docs.py checks).
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import inspect
 from collections.abc import Callable
@@ -19,7 +27,7 @@ from components.deploy import deploy
 from components.gate import gate
 from components.preprocess import preprocess
 from components.train import train
-from pipelines import definition
+from pipelines import definition, images
 from pipelines.definition import GATE, STEPS, AdapterError, Step
 
 
@@ -28,7 +36,9 @@ class KubernetesSettings:
     """Cluster-side settings of the compiled pipeline (flags of `ncfctl compile` / `ncfctl submit`)."""
 
     gpu_count: int = 1  # nvidia.com/gpu for the train task; 0 trains on CPU
-    gpu_node_selector: tuple[tuple[str, str], ...] = (("nvidia.com/gpu.present", "true"),)
+    # The nvidia.com/gpu request alone puts the pod on a node whose NVIDIA device plugin advertises GPUs (the
+    # documented install); a label selector is only for choosing among GPU nodes, e.g. by instance type.
+    gpu_node_selector: tuple[tuple[str, str], ...] = ()
     gpu_tolerations: tuple[tuple[str, str], ...] = (("nvidia.com/gpu", "NoSchedule"),)  # (key, effect)
     # The names in manifests/: credentials from a Secret (optional: on EKS the IRSA role applies instead),
     # region and endpoint (MinIO) from a ConfigMap. "" turns either off.
@@ -47,6 +57,10 @@ class KubernetesSettings:
         ("deploy", 1200),
     )
     caching: bool = True  # preprocess and train only: gate and deploy change the registry / serving
+    # Argo fails the whole run after this: bounds a task that never starts (a train pod no node can take stays
+    # Pending, and a pod's activeDeadlineSeconds only counts once it runs). 0: no deadline.
+    run_deadline_s: int = 12 * 3600
+    image_pull_secrets: tuple[str, ...] = ()  # docker-registry Secrets in KFP's namespace (private registry)
 
 
 # (declared step, all pipeline parameters, tasks built so far) -> this step's task
@@ -58,8 +72,14 @@ def _inputs(step: Step, params: dict[str, Any]) -> dict[str, Any]:
     return {name: params[name] for name in definition.step_parameters(step)}
 
 
+# Set while build_pipeline runs: is the pipeline for kfp.local? kfp.local (2.17.3) cannot resolve the time
+# placeholders (it fails on any `{{$.…}}` it does not know): there preprocess gets "" (an empty run_date: today).
+_FOR_KFP_LOCAL: contextvars.ContextVar[bool] = contextvars.ContextVar("for_kfp_local", default=False)
+
+
 def _build_preprocess(step, params, tasks):
-    return preprocess(**_inputs(step, params))
+    scheduled_time = "" if _FOR_KFP_LOCAL.get() else dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER
+    return preprocess(scheduled_time=scheduled_time, **_inputs(step, params))
 
 
 def _build_train(step, params, tasks):
@@ -111,6 +131,9 @@ def _apply_kubernetes(task: dsl.PipelineTask, step: str, settings: KubernetesSet
     timeout = dict(settings.timeouts_s).get(step)
     if timeout:
         kubernetes.set_timeout(task, timeout)
+    kubernetes.set_image_pull_policy(task, images.PULL_POLICY)
+    if settings.image_pull_secrets:
+        kubernetes.set_image_pull_secrets(task, list(settings.image_pull_secrets))
     if settings.aws_secret:
         kubernetes.use_secret_as_env(
             task,
@@ -138,8 +161,15 @@ def build_pipeline(
     steps: tuple[Step, ...] = STEPS,
     builders: dict[str, Builder] | None = None,
     overrides: dict[str, Any] | None = None,
+    for_kfp_local: bool | None = None,
 ):
-    """The KFP pipeline: one parameter per declared parameter (`overrides` replaces defaults)."""
+    """The KFP pipeline: one parameter per declared parameter (`overrides` replaces defaults).
+
+    `for_kfp_local`: None = when `kfp.local.init` has run (build the pipeline after it)."""
+    if for_kfp_local is None:
+        from kfp.local import config as local_config
+
+        for_kfp_local = local_config.LocalExecutionConfig.instance is not None
     builders = BUILDERS if builders is None else builders
     definition.check_adapter("kfp", builders, steps)
     params = definition.parameters(steps)
@@ -180,12 +210,63 @@ def build_pipeline(
         ]
     )
     body.__name__ = definition.PIPELINE_NAME.replace("-", "_")
-    return dsl.pipeline(name=definition.PIPELINE_NAME, description=definition.DESCRIPTION)(body)
+    config = dsl.PipelineConfig(active_deadline_seconds=settings.run_deadline_s or None)
+    token = _FOR_KFP_LOCAL.set(for_kfp_local)
+    try:  # the body runs here: the decorator builds the graph
+        return dsl.pipeline(name=definition.PIPELINE_NAME, description=definition.DESCRIPTION,
+                            pipeline_config=config)(body)
+    finally:
+        _FOR_KFP_LOCAL.reset(token)
 
 
 def compile_ir(path: str | Path, settings: KubernetesSettings = KubernetesSettings(), **kwargs) -> Path:
     """Compile the pipeline to KFP IR YAML at `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(settings, **kwargs), package_path=str(path))
+    pipeline = build_pipeline(settings, for_kfp_local=False, **kwargs)  # for a cluster, even after kfp.local ran
+    compiler.Compiler().compile(pipeline, package_path=str(path))
     return path
+
+
+# What the compiled IR uses that KFP backends before a given release ignore, each with that release and where in
+# kubeflow/pipelines it is implemented. A backend without one still runs the pipeline, wrongly: every optional
+# Secret / ConfigMap key becomes required (CreateContainerConfigError), the scheduled time stays the literal
+# placeholder (one cache key for every day: day 1's partition for ever), no deadline ends a stuck run.
+BACKEND_FEATURES: dict[str, tuple[str, str]] = {
+    "optional Secret / ConfigMap env": (
+        "2.15.0", "backend/src/v2/driver/k8s.go: SecretKeySelector / ConfigMapKeySelector .Optional"),
+    "scheduled / created time placeholders": (
+        "2.17.0", "backend/src/v2/cmd/driver/main.go resolvePipelineJobTimes + driver/resolve.go (#13474)"),
+    "run deadline (pipelineConfig.activeDeadlineSeconds)": (
+        "2.17.0", "backend/src/v2/compiler/argocompiler/argo.go buildActiveDeadlineSeconds"),
+}
+_TIME_PLACEHOLDERS = (dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER, dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER)
+
+
+def backend_features(ir: str) -> dict[str, str]:
+    """The BACKEND_FEATURES a compiled IR (YAML text) uses -> the first KFP backend release that provides each."""
+    import yaml
+
+    docs = list(yaml.safe_load_all(ir))
+    spec, platform = docs[0], (docs[1] if len(docs) > 1 else {}) or {}
+    kubernetes_spec = platform.get("platforms", {}).get("kubernetes", {})
+    executors = kubernetes_spec.get("deploymentSpec", {}).get("executors", {}).values()
+    used = set()
+    if any(ref.get("optional") for e in executors for ref in e.get("secretAsEnv", []) + e.get("configMapAsEnv", [])):
+        used.add("optional Secret / ConfigMap env")
+
+    def constants(node):
+        if isinstance(node, dict):
+            if "constant" in node and isinstance(node["constant"], str):
+                yield node["constant"]
+            for value in node.values():
+                yield from constants(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from constants(value)
+
+    if any(c in _TIME_PLACEHOLDERS for c in constants(spec)):
+        used.add("scheduled / created time placeholders")
+    if kubernetes_spec.get("pipelineConfig", {}).get("activeDeadlineSeconds"):
+        used.add("run deadline (pipelineConfig.activeDeadlineSeconds)")
+    return {name: BACKEND_FEATURES[name][0] for name in sorted(used)}

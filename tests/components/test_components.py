@@ -11,9 +11,9 @@ from components.train import train
 from pipelines import definition, images, kfp_pipeline
 
 COMPONENTS = {"preprocess": preprocess, "train": train, "gate": gate, "deploy": deploy}
-# Inputs the pipeline wires between steps (artifacts, the run id), not user-facing parameters.
+# Inputs the pipeline wires (artifacts, the run id, the run's scheduled time), not user-facing parameters.
 WIRING = {
-    "preprocess": set(),
+    "preprocess": {"scheduled_time"},  # the run's scheduled time (KFP placeholder): the default run date
     "train": {"partition", "pipeline_run_id"},
     "gate": {"partition", "package", "pipeline_run_id"},
     "deploy": set(),

@@ -1,7 +1,8 @@
 """Container entry points of the SageMaker pipeline's jobs: the same step functions the KFP components call.
 
-  python -m pipelines.sagemaker_entry preprocess --output-dir DIR <PreprocessConfig flags>
-      runs the step, writes DIR/partition.json {"partition_uri", "run_date"} (read by a PropertyFile)
+  python -m pipelines.sagemaker_entry preprocess --output-dir DIR [--scheduled-time T] <PreprocessConfig flags>
+      runs the step (an empty --run-date: the UTC day of T, the execution's start time), writes
+      DIR/partition.json {"partition_uri", "run_date"} (read by a PropertyFile)
   python -m pipelines.sagemaker_entry train
       SageMaker's training-container contract (the image runs `train`): reads the hyperparameters file,
       trains (ncf.train prints `HR=...; NDCG=...; Loss=...;` per epoch for the metric definitions), copies the
@@ -35,13 +36,16 @@ def _write_json(directory: str, name: str, obj: dict[str, Any]) -> None:
 
 
 def preprocess(argv: list[str]) -> int:
+    from pipelines.run_date import resolve
     from spark.preprocess import PreprocessConfig, run
 
     parser = argparse.ArgumentParser(prog="sagemaker_entry preprocess")
     parser.add_argument("--output-dir", required=True, help="where partition.json goes")
+    parser.add_argument("--scheduled-time", default="", help="ISO 8601; its UTC day is the default run date")
     add_arguments(parser, PreprocessConfig)
     args = parser.parse_args(argv)
-    result = run(from_namespace(PreprocessConfig, args))
+    config = from_namespace(PreprocessConfig, args)
+    result = run(dataclasses.replace(config, run_date=resolve(config.run_date, args.scheduled_time)))
     _write_json(args.output_dir, PARTITION_FILE,
                 {"partition_uri": result.partition_uri, "run_date": result.stats["run_date"]})
     return 0

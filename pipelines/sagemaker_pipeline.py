@@ -1,11 +1,21 @@
 """The SageMaker adapter: the declared pipeline (pipelines/definition.py) as a SageMaker Pipeline (SDK 3.x).
 
-  preprocess -> ProcessingStep (pipeline image, `python -m pipelines.sagemaker_entry preprocess ...`)
-  train      -> TrainingStep (train-cuda image; metric definitions HR/NDCG/Loss; channels train/test)
+  preprocess -> ProcessingStep (pipeline image, `python -m pipelines.sagemaker_entry preprocess ...`); never
+                cached (it reads logs that grow every day); an empty run_date means the execution's start day
+  train      -> TrainingStep (train-cuda image; metric definitions HR/NDCG/Loss; channels train/test in FastFile
+                mode: lineage only, nothing is copied, the trainer reads the partition itself)
   gate       -> ProcessingStep writing evaluation.json, read by a PropertyFile
                 + ConditionStep `gate-promoted` on its `promoted` field
   deploy     -> (if promoted) register into the model package group, create the model, endpoint config and
-                endpoint; else FailStep `gate-rejected` with the gate's reason
+                endpoint; a kept champion ends the execution as Succeeded (the gate's reason is in
+                evaluation.json and MLflow)
+
+What a real account needs, checked when the definition is built (AdapterError naming the setting):
+- images from ECR (`SageMakerSettings.image_registry`; SageMaker pulls nothing else for processing jobs), the
+  `-sagemaker` variants (pipelines/images.py: run as root, the only user that can write /opt/ml/processing/*
+  and /opt/ml/model);
+- a `tracking_uri` jobs can reach: http(s), not a Kubernetes Service name or localhost; with `subnets` and
+  `security_group_ids` the jobs run in that VPC (NetworkConfig / VpcConfig), e.g. next to an internal MLflow.
 
 `definition()` needs no AWS access: every URI is explicit (built from the `storage_root` parameter, which must
 be an s3:// URI), the SDK never looks up a default bucket, telemetry is off, role validation is off, and the
@@ -17,8 +27,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlparse
 
 from pipelines import definition, images
 from pipelines.definition import GATE, STEPS, AdapterError, Step
@@ -46,6 +58,20 @@ class SageMakerSettings:
     endpoint_instance_type: str = "ml.m5.large"
     max_runtime_s: int = 6 * 3600
     retries: int = 2
+    # ECR repository prefix holding the `-sagemaker` image variants (docs/cluster.md, "SageMaker").
+    image_registry: str = "000000000000.dkr.ecr.us-east-1.amazonaws.com/ncf-platform"
+    # The VPC the jobs run in (both or neither): what reaches a private MLflow. Jobs then need S3 through a VPC
+    # endpoint or NAT.
+    subnets: tuple[str, ...] = ()
+    security_group_ids: tuple[str, ...] = ()
+
+    def image(self, name: str) -> str:
+        return images.sagemaker_image(name, self.image_registry)
+
+    def network(self) -> dict[str, Any]:
+        if not self.subnets:
+            return {}
+        return {"subnets": list(self.subnets), "security_group_ids": list(self.security_group_ids)}
 
 
 @dataclasses.dataclass
@@ -173,11 +199,14 @@ def _retry_policies(ctx: _Context, job: bool):
 
 
 def _processor(ctx: _Context, step: str):
+    from sagemaker.core.network import NetworkConfig
     from sagemaker.core.processing import Processor
 
+    network = ctx.settings.network()
     return Processor(
         role=ctx.settings.role_arn,
-        image_uri=images.PIPELINE_IMAGE,
+        image_uri=ctx.settings.image("pipeline"),
+        network_config=NetworkConfig(**network) if network else None,
         instance_count=1,
         instance_type=ctx.settings.processing_instance_type,
         entrypoint=["python", "-m", "pipelines.sagemaker_entry", step],
@@ -188,37 +217,47 @@ def _processor(ctx: _Context, step: str):
 
 
 def _build_preprocess(ctx: _Context, step: Step) -> list:
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
     from sagemaker.core.workflow.properties import PropertyFile
-    from sagemaker.mlops.workflow import CacheConfig, ProcessingStep
+    from sagemaker.mlops.workflow import ProcessingStep
 
     # The partition itself goes to storage_root through ncf.storage; this output is only its address.
     out = _output(ctx, "partition", PARTITION_DIR, "/sagemaker/preprocess/")
-    step_args = _processor(ctx, "preprocess").run(
-        outputs=[out], arguments=_flags(ctx, step) + ["--output-dir", PARTITION_DIR]
-    )
+    arguments = _flags(ctx, step) + [
+        "--scheduled-time", ExecutionVariables.START_DATETIME, "--output-dir", PARTITION_DIR,
+    ]
+    step_args = _processor(ctx, "preprocess").run(outputs=[out], arguments=arguments)
     ctx.property_files["preprocess"] = PropertyFile(name="Partition", output_name="partition", path=PARTITION_FILE)
     return [
         ProcessingStep(
             name="preprocess", step_args=step_args, property_files=[ctx.property_files["preprocess"]],
             retry_policies=_retry_policies(ctx, job=True),
-            cache_config=CacheConfig(enable_caching=True, expire_after="P30D"),
+            # No cache: its key (arguments, image) is the same every day while the logs it reads are not.
         )
     ]
 
 
 def _build_train(ctx: _Context, step: Step) -> list:
-    from sagemaker.core.shapes import MetricDefinition, OutputDataConfig, StoppingCondition
+    from sagemaker.core.shapes import (
+        Channel,
+        DataSource,
+        MetricDefinition,
+        OutputDataConfig,
+        S3DataSource,
+        StoppingCondition,
+    )
     from sagemaker.mlops.workflow import TrainingStep
-    from sagemaker.train.configs import Compute, InputData
+    from sagemaker.train.configs import Compute, Networking
     from sagemaker.train.model_trainer import ModelTrainer
 
     # Hyperparameters: the step's user-facing parameters plus the wiring; the trainer reads the partition
-    # itself (FastFile channels: lineage in SageMaker, nothing copied up front).
+    # itself. The channels are lineage only: FastFile (per channel: the SDK's InputData would say File, which
+    # copies both tables to the instance before the trainer starts).
     hyperparameters = {name: _as_string(ctx.params[name]) for name in definition.step_parameters(step)}
     partition_uri = _from_preprocess(ctx, "partition_uri")
     hyperparameters.update(partition_uri=partition_uri, output_uri=_model_uri(ctx))
     trainer = ModelTrainer(
-        training_image=images.TRAIN_IMAGE,
+        training_image=ctx.settings.image("train-cuda"),
         role=ctx.settings.role_arn,
         sagemaker_session=ctx.session,
         base_job_name="ncf-train",
@@ -227,13 +266,14 @@ def _build_train(ctx: _Context, step: Step) -> list:
         output_data_config=OutputDataConfig(s3_output_path=_join(ctx.params["storage_root"], "/sagemaker/train")),
         hyperparameters=hyperparameters,
         training_input_mode="FastFile",
+        networking=Networking(**ctx.settings.network()) if ctx.settings.network() else None,
     ).with_metric_definitions([MetricDefinition(name=n, regex=r) for n, r in METRIC_DEFINITIONS])
-    step_args = trainer.train(
-        input_data_config=[
-            InputData(channel_name="train", data_source=_join(partition_uri, "/train")),
-            InputData(channel_name="test", data_source=_join(partition_uri, "/test")),
-        ]
-    )
+    def channel(name: str) -> Channel:
+        source = S3DataSource(s3_data_type="S3Prefix", s3_uri=_join(partition_uri, "/" + name),
+                              s3_data_distribution_type="FullyReplicated")
+        return Channel(channel_name=name, data_source=DataSource(s3_data_source=source), input_mode="FastFile")
+
+    step_args = trainer.train(input_data_config=[channel("train"), channel("test")])
     return [TrainingStep(name="train", step_args=step_args, retry_policies=_retry_policies(ctx, job=True))]
 
 
@@ -266,7 +306,7 @@ def _build_deploy(ctx: _Context, step: Step) -> list:
     def builder() -> ModelBuilder:
         # dependencies={} : nothing to package; otherwise the SDK uploads code to a default bucket.
         return ModelBuilder(
-            image_uri=images.SERVING_IMAGE,
+            image_uri=ctx.settings.image("serving"),
             s3_model_data_url=model_data,
             role_arn=ctx.settings.role_arn,
             sagemaker_session=ctx.session,
@@ -328,8 +368,8 @@ BUILDERS: dict[str, Builder] = {
 
 def _gate_branch(ctx: _Context, guarded: list) -> Any:
     from sagemaker.core.workflow.conditions import ConditionEquals
-    from sagemaker.core.workflow.functions import Join, JsonGet
-    from sagemaker.mlops.workflow import ConditionStep, FailStep
+    from sagemaker.core.workflow.functions import JsonGet
+    from sagemaker.mlops.workflow import ConditionStep
 
     report = ctx.property_files.get(GATE.step)
     if report is None:
@@ -339,16 +379,42 @@ def _gate_branch(ctx: _Context, guarded: list) -> Any:
     def field(path: str) -> Any:
         return JsonGet(step_name=gate_step.name, property_file=report, json_path=path)
 
-    rejected = FailStep(
-        name=f"{GATE.step}-rejected",
-        error_message=Join(on="", values=["the gate kept the champion: ", field("reason")]),
-    )
+    # Nothing on the else branch: keeping the champion is a successful retraining run, not a failure.
     return ConditionStep(
         name=f"{GATE.step}-{GATE.output}",
         conditions=[ConditionEquals(left=field(GATE.output), right=GATE.equals)],
         if_steps=guarded,
-        else_steps=[rejected],
+        else_steps=[],
     )
+
+
+_ECR = re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-z0-9][a-z0-9._/-]*$")
+_CLUSTER_ONLY_SUFFIXES = (".svc", ".svc.cluster.local", ".cluster.local", ".local", ".localhost")
+
+
+def check_settings(settings: SageMakerSettings, tracking_uri: str) -> None:
+    """Refuse, naming the setting, what a SageMaker job could not use (see the module docstring)."""
+    if not _ECR.match(settings.image_registry):
+        raise AdapterError(
+            f"SageMaker image_registry {settings.image_registry!r}: SageMaker jobs pull from ECR only "
+            f"(<account>.dkr.ecr.<region>.amazonaws.com/<prefix>); push the -sagemaker images there "
+            f"(docs/cluster.md, SageMaker) and pass --sagemaker-image-registry"
+        )
+    if bool(settings.subnets) != bool(settings.security_group_ids):
+        raise AdapterError("SageMaker VPC: give both subnets and security groups, or neither")
+    url = urlparse(tracking_uri)
+    host = url.hostname or ""
+    if url.scheme not in ("http", "https") or not host:
+        raise AdapterError(
+            f"tracking_uri {tracking_uri!r}: SageMaker jobs log to an MLflow tracking server over HTTP; set "
+            f"tracking_uri to an http(s):// address they can reach (--param tracking_uri=...)"
+        )
+    if "." not in host or host.endswith(_CLUSTER_ONLY_SUFFIXES) or host.startswith("127.") or host == "::1":
+        raise AdapterError(
+            f"tracking_uri {tracking_uri!r}: {host} resolves only inside a Kubernetes cluster or on one machine, "
+            f"never from a SageMaker job; use an address in the jobs' VPC (--sagemaker-subnet / "
+            f"--sagemaker-security-group) or a public one (docs/cluster.md, SageMaker)"
+        )
 
 
 def build_pipeline(
@@ -375,6 +441,8 @@ def build_pipeline(
             f"storage_root must be an s3:// URI for SageMaker (got {root!r}); set it in the parameters file "
             f"(config/pipeline-params.yaml) or with --param storage_root=s3://bucket/prefix"
         )
+    tracking = overrides.get("tracking_uri", next((p.default for p in declared if p.name == "tracking_uri"), ""))
+    check_settings(settings, str(tracking))
     ctx = _Context(
         settings=settings,
         session=_session(settings),

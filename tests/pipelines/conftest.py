@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-# What a CI-triggered run would use: SageMaker needs an s3:// storage root.
-OVERRIDES = {"input_uri": "s3://ncf-test/raw/events/", "storage_root": "s3://ncf-test/platform"}
+# What a CI-triggered run would use: SageMaker needs an s3:// storage root and an MLflow its jobs can reach.
+OVERRIDES = {"input_uri": "s3://ncf-test/raw/events/", "storage_root": "s3://ncf-test/platform",
+             "tracking_uri": "http://mlflow.ncf-test.internal:5000"}
 
 
 @pytest.fixture(scope="session")

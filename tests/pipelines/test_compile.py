@@ -41,5 +41,6 @@ def test_compile_refuses_a_local_storage_root_for_sagemaker(tmp_path, capsys):
 def test_compile_writes_nothing_when_the_backends_drift(tmp_path, monkeypatch):
     monkeypatch.setattr(compile_cmd.parity, "check", lambda *a, **k: ["SageMaker: step 'x' is declared but missing"])
     with pytest.raises(UserError, match="not the same pipeline:\n  SageMaker: step 'x'"):
-        compile_cmd.compile_all(tmp_path / "dist", {"storage_root": "s3://b/p", "input_uri": "s3://b/r"})
+        compile_cmd.compile_all(tmp_path / "dist", {"storage_root": "s3://b/p", "input_uri": "s3://b/r",
+                                                    "tracking_uri": "https://mlflow.example.com"})
     assert not (tmp_path / "dist").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ncf.errors import UserError
@@ -25,3 +27,22 @@ def test_a_bad_hyperparameter_names_the_file_and_value():
 def test_unknown_command_is_a_user_error(capsys):
     assert sagemaker_entry.main(["evaluate"]) == 2
     assert "usage: python -m pipelines.sagemaker_entry" in capsys.readouterr().err
+
+
+def test_preprocess_defaults_the_run_date_to_the_executions_day(monkeypatch, tmp_path):
+    """The wiring only (the step itself runs in tests/spark): the config handed to spark.preprocess.run."""
+    import spark.preprocess
+
+    seen = []
+
+    def run(config):
+        seen.append(config)
+        return spark.preprocess.PreprocessResult(partition_uri="s3://b/p/data/dt=x", stats={"run_date": config.run_date})
+
+    monkeypatch.setattr(spark.preprocess, "run", run)
+    common = ["--output-dir", str(tmp_path), "--input-uri", "s3://b/raw/", "--storage-root", "s3://b/p"]
+    assert sagemaker_entry.main(["preprocess", *common, "--scheduled-time", "2026-11-27T23:59:58.123Z"]) == 0
+    assert sagemaker_entry.main(["preprocess", *common, "--run-date", "2026-01-01",
+                                 "--scheduled-time", "2026-11-27T02:00:00Z"]) == 0
+    assert [c.run_date for c in seen] == ["2026-11-27", "2026-01-01"]
+    assert json.loads((tmp_path / sagemaker_entry.PARTITION_FILE).read_text())["run_date"] == "2026-01-01"

@@ -9,6 +9,7 @@ import pytest
 from pipelines import definition
 from pipelines.definition import AdapterError
 from pipelines.sagemaker_pipeline import SageMakerSettings, build_pipeline, definition_json
+from tests.conftest import REPO_ROOT
 
 from .conftest import OVERRIDES
 
@@ -50,7 +51,7 @@ def test_steps_map_onto_sagemaker_step_types(sagemaker_definition):
     assert {n: s["Type"] for n, s in steps.items()} == {
         "preprocess": "Processing", "train": "Training", "gate": "Processing", "gate-promoted": "Condition",
         "deploy-register": "RegisterModel", "deploy-model": "Model", "deploy-endpoint-config": "EndpointConfig",
-        "deploy": "Endpoint", "gate-rejected": "Fail",
+        "deploy": "Endpoint",
     }
     entry = steps["preprocess"]["Arguments"]["AppSpecification"]["ContainerEntrypoint"]
     assert entry == ["python", "-m", "pipelines.sagemaker_entry", "preprocess"]
@@ -84,8 +85,9 @@ def test_gate_writes_an_evaluation_json_the_condition_reads(sagemaker_definition
     assert [s["Name"] for s in condition["IfSteps"]] == [
         "deploy-register", "deploy-model", "deploy-endpoint-config", "deploy",
     ]
-    fail = condition["ElseSteps"][0]["Arguments"]["ErrorMessage"]["Std:Join"]["Values"]
-    assert fail[1]["Std:JsonGet"]["Path"] == "reason"
+    # A kept champion is a successful run: nothing on the else branch marks the execution Failed.
+    assert condition["ElseSteps"] == []
+    assert "Fail" not in {step["Type"] for step in _steps(sagemaker_definition).values()}
     register = steps["deploy-register"]["Arguments"]
     assert register["ModelPackageGroupName"] == "NCF"
     assert register["ModelApprovalStatus"] == "Approved"
@@ -184,8 +186,78 @@ def test_model_package_group_and_registration_with_the_register_steps_arguments(
     assert described["ModelApprovalStatus"] == "Approved"
     container = described["InferenceSpecification"]["Containers"][0]
     assert container["ModelDataUrl"] == artifact
-    from pipelines.images import SERVING_IMAGE
-
-    assert container["Image"] == SERVING_IMAGE
+    assert container["Image"] == SageMakerSettings().image("serving")
     versions = client.list_model_packages(ModelPackageGroupName="NCF")["ModelPackageSummaryList"]
     assert [v["ModelPackageVersion"] for v in versions] == [1]
+
+
+# ---- fresh data every run (issue #12, defect 1) ---------------------------------------------------------------
+def test_preprocess_is_never_cached_and_defaults_to_the_executions_day(sagemaker_definition):
+    """SageMaker's processing cache key is the job's arguments and image: the same every day while the logs grow."""
+    preprocess = _steps(sagemaker_definition)["preprocess"]
+    assert not preprocess.get("CacheConfig", {}).get("Enabled")
+    args = preprocess["Arguments"]["AppSpecification"]["ContainerArguments"]
+    assert args[args.index("--scheduled-time") + 1] == {"Get": "Execution.StartDateTime"}
+    assert args[args.index("--run-date") + 1] == {"Get": "Parameters.run_date"}
+    assert not [s for s in _steps(sagemaker_definition).values() if s.get("CacheConfig", {}).get("Enabled")]
+
+
+# ---- SageMaker reality (defect 6) -----------------------------------------------------------------------------
+def _images(sm: dict) -> list[str]:
+    found = []
+    for step in _steps(sm).values():
+        args = step["Arguments"]
+        found += [args.get("AppSpecification", {}).get("ImageUri"), args.get("AlgorithmSpecification", {}).get("TrainingImage")]
+        found += [c.get("Image") for c in args.get("InferenceSpecification", {}).get("Containers", [])]
+        found += [args.get("PrimaryContainer", {}).get("Image")]
+    return [i for i in found if i]
+
+
+def test_every_job_image_is_the_root_variant_in_ecr(sagemaker_definition):
+    """SageMaker pulls processing/training images from ECR only, and mounts /opt/ml/processing/* and /opt/ml/model
+    owned by root: the -sagemaker variants (docker/sagemaker.Dockerfile) run as root."""
+    from pipelines import images
+
+    found = _images(sagemaker_definition)
+    assert len(found) >= 4
+    registry = SageMakerSettings().image_registry
+    for ref in found:
+        assert ref.startswith(registry + "/") and ref.endswith(":" + images.tag() + images.SAGEMAKER_SUFFIX), ref
+    dockerfile = (REPO_ROOT / "docker" / "sagemaker.Dockerfile").read_text()
+    assert [line for line in dockerfile.splitlines() if line.startswith("USER")] == ["USER 0:0"]
+
+
+def test_a_registry_sagemaker_cannot_pull_from_is_refused():
+    settings = SageMakerSettings(image_registry="ghcr.io/ncf-platform")
+    with pytest.raises(AdapterError, match="ECR"):
+        build_pipeline(settings, overrides=OVERRIDES)
+
+
+@pytest.mark.parametrize("uri", ["", "http://mlflow.ncf.svc.cluster.local:5000", "http://mlflow:5000",
+                                 "http://localhost:5000", "runs/mlflow.db", "sqlite:///mlflow.db"])
+def test_a_tracking_uri_a_sagemaker_job_cannot_reach_is_refused(uri):
+    with pytest.raises(AdapterError, match="tracking_uri"):
+        build_pipeline(overrides={**OVERRIDES, "tracking_uri": uri})
+
+
+def test_jobs_run_in_the_vpc_that_reaches_mlflow():
+    settings = SageMakerSettings(subnets=("subnet-0a1b2c3d",), security_group_ids=("sg-0123abcd",))
+    sm = json.loads(definition_json(settings, overrides=OVERRIDES))
+    vpc = {"Subnets": ["subnet-0a1b2c3d"], "SecurityGroupIds": ["sg-0123abcd"]}
+    steps = _steps(sm)
+    for name in ("preprocess", "gate"):
+        assert steps[name]["Arguments"]["NetworkConfig"]["VpcConfig"] == vpc, name
+    assert steps["train"]["Arguments"]["VpcConfig"] == vpc
+    hyper = steps["train"]["Arguments"]["HyperParameters"]
+    assert hyper["tracking_uri"] == {"Get": "Parameters.tracking_uri"}
+    tracking = next(p for p in sm["Parameters"] if p["Name"] == "tracking_uri")
+    assert tracking["DefaultValue"] == OVERRIDES["tracking_uri"]
+    with pytest.raises(AdapterError, match="both"):
+        build_pipeline(SageMakerSettings(subnets=("subnet-0a1b2c3d",)), overrides=OVERRIDES)
+
+
+def test_training_channels_copy_nothing(sagemaker_definition):
+    """The trainer reads the partition from partition_uri itself; File-mode channels would copy both tables first."""
+    train = _steps(sagemaker_definition)["train"]["Arguments"]
+    assert train["AlgorithmSpecification"]["TrainingInputMode"] == "FastFile"
+    assert {c["ChannelName"]: c.get("InputMode") for c in train["InputDataConfig"]} == {"train": "FastFile", "test": "FastFile"}

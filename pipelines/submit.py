@@ -3,10 +3,15 @@
     ncfctl submit --host https://kfp.example.com [--namespace team-ncf] [--version v42]
                   [--params config/pipeline-params.yaml] [--param epochs=30]
                   [--schedule "0 2 * * *"] [--no-run]
+    ncfctl submit --kube-context group/project:agent ...   (no --host: through the Kubernetes API server)
 
 Uploads the compiled pipeline (a new pipeline, or a new version of the existing one), makes sure the experiment
 exists, then creates a run with the parameters and, with --schedule, a recurring run on that cron schedule.
 The calls are planned first (`plan`) and then made (`execute`), so the arguments are testable without a server.
+
+Without --host, kfp.Client reaches the KFP API through the API server of the kubeconfig context (`--kube-context`;
+the Service proxy `kubeflow/services/ml-pipeline:http`): the credentials are the context's (a GitLab agent, an EKS
+IAM identity), no KFP endpoint needs exposing and no AWS key is stored anywhere.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -90,6 +96,41 @@ def plan(
     return calls
 
 
+# The ml-pipeline Service of a standalone KFP install, through the API server's Service proxy.
+KFP_API_PROXY_PATH = "/api/v1/namespaces/kubeflow/services/ml-pipeline:http/proxy"
+
+
+def kfp_client(host: str, token: str, kube_context: str, namespace: str | None):
+    """A kfp.Client for `host`, or (no host) for the KFP API behind the kubeconfig context's API server."""
+    import kfp
+
+    ssl_ca_cert = None
+    if not host:
+        host, token, ssl_ca_cert = _through_api_server(kube_context)
+    return kfp.Client(host=host, existing_token=token or None, ssl_ca_cert=ssl_ca_cert,
+                      **({"namespace": namespace} if namespace else {}))
+
+
+def _through_api_server(kube_context: str) -> tuple[str, str, str | None]:
+    """(proxy URL, bearer token, CA file) of a kubeconfig context. Not kfp.Client(kube_context=...): with a token
+    user its refresh hook puts the bare API server address back before every request (kfp 2.17.3), so calls miss
+    the proxy path."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    try:
+        # KUBECONFIG read now (the kubernetes package reads it once, at import)
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, context=kube_context or None,
+                                client_configuration=configuration)
+    except (config.ConfigException, OSError) as exc:
+        raise UserError(f"--kube-context {kube_context or '(current)'}: cannot load the kubeconfig ({exc})") from exc
+    token = configuration.api_key.get("authorization", "").removeprefix("Bearer ").strip()
+    if not token:
+        raise UserError(f"--kube-context {kube_context or '(current)'}: the context authenticates without a bearer "
+                        "token (client certificates?); pass --host and --existing-token instead")
+    return configuration.host.rstrip("/") + KFP_API_PROXY_PATH, token, configuration.ssl_ca_cert
+
+
 _ID_FIELDS = {
     "pipeline_id": "pipeline_id", "version_id": "pipeline_version_id", "experiment_id": "experiment_id",
     "run_id": "run_id", "recurring_run_id": "recurring_run_id",
@@ -107,11 +148,13 @@ def execute(client: Any, calls: list[Call]) -> dict[str, str]:
     return ids
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ncfctl submit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+    parser.add_argument("--host", default="", help="KFP API endpoint, e.g. http://localhost:8080 (default: the "
+                        "ml-pipeline Service through the Kubernetes API server of --kube-context)")
+    parser.add_argument("--kube-context", default="", help="kubeconfig context used when --host is empty "
+                        "(default: the current context)")
     parser.add_argument("--namespace", default=None, help="KFP namespace (multi-user installs)")
     parser.add_argument("--existing-token", default=None, help="bearer token for the KFP API")
     parser.add_argument("--pipeline-name", default=definition.PIPELINE_NAME)
@@ -122,14 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-run", action="store_true", help="upload (and schedule) only")
     pipeline_params.add_arguments(parser)
     add_backend_arguments(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     k8s, _ = settings_from_args(args)
     values = pipeline_params.from_args(args)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
 
-    import kfp
-
-    client = kfp.Client(host=args.host, namespace=args.namespace, existing_token=args.existing_token)
+    client = kfp_client(args.host, args.existing_token, args.kube_context, args.namespace)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_ir(Path(tmp) / "pipeline.yaml", k8s)
         calls = plan(

@@ -1,15 +1,18 @@
-"""`ncfctl submit`: the kfp.Client calls it plans (no KFP server runs here: the arguments are what is tested)."""
+"""`ncfctl submit`: the kfp.Client calls it plans (no KFP server runs here: the arguments are what is tested), and
+where the client sends them."""
 
 from __future__ import annotations
 
+import http.server
 import inspect
+import threading
 
 import kfp
 import pytest
+import yaml
 
 from ncf.errors import UserError
-from pipelines import definition
-from pipelines.submit import Call, Ref, execute, kfp_cron, plan
+from pipelines.submit import KFP_API_PROXY_PATH, Call, Ref, execute, kfp_client, kfp_cron, plan
 
 PARAMS = {"run_date": "2026-03-01", "epochs": 30}
 
@@ -78,9 +81,50 @@ def test_execute_passes_earlier_ids_into_later_calls():
     assert client.calls[1] == ("upload_pipeline_version", {"pipeline_id": "upload_pipeline-id"})
 
 
-def test_the_cli_needs_a_host():
-    from pipelines.submit import main
+def _kubeconfig(tmp_path, server: str) -> str:
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "laptop",
+        "clusters": [{"name": "eks", "cluster": {"server": server}}],
+        "users": [{"name": "agent", "user": {"token": "agent-token"}}, {"name": "me", "user": {"token": "my-token"}}],
+        "contexts": [{"name": "group/ncf:agent", "context": {"cluster": "eks", "user": "agent"}},
+                     {"name": "laptop", "context": {"cluster": "eks", "user": "me"}}],
+    }))
+    return str(path)
 
-    with pytest.raises(SystemExit):
-        main([])
-    assert definition.PIPELINE_NAME == "ncf-recommender"
+
+def test_without_a_host_the_kfp_api_is_reached_through_the_kube_contexts_api_server(tmp_path, monkeypatch):
+    """CI on EKS: no KFP endpoint, no AWS key; the GitLab agent's kubeconfig context and the API server's Service
+    proxy. A real HTTP server on 127.0.0.1 stands in for the API server and records what kfp.Client sends."""
+    seen: list[tuple[str, str]] = []
+
+    class APIServer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization", "")))
+            body = b"{}"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), APIServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("KUBECONFIG", _kubeconfig(tmp_path, f"http://127.0.0.1:{server.server_address[1]}"))
+        client = kfp_client("", "", "group/ncf:agent", None)
+        client.get_kfp_healthz()
+    finally:
+        server.shutdown()
+    assert seen and all(auth == "Bearer agent-token" for _, auth in seen)
+    assert {path for path, _ in seen} == {KFP_API_PROXY_PATH + "/apis/v2beta1/healthz"}
+    assert KFP_API_PROXY_PATH == "/api/v1/namespaces/kubeflow/services/ml-pipeline:http/proxy"
+
+
+def test_a_context_that_cannot_be_loaded_is_a_user_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", _kubeconfig(tmp_path, "http://127.0.0.1:9"))
+    with pytest.raises(UserError, match="--kube-context nope"):
+        kfp_client("", "", "nope", None)

@@ -5,6 +5,9 @@
 - Python workers run the driver's interpreter (the venv), not whatever `python3` is first on PATH.
 - Few shuffle partitions locally (the default 200 makes small jobs slow), UTC session time zone (ISO-8601
   timestamps without an offset mean the same instant everywhere), Spark UI off unless asked for.
+- S3A (`s3a://` inputs) authenticates with the AWS SDK's default chain, as the SparkApplication does
+  (manifests/jobs/preprocess-spark): environment keys, IRSA web identity on EKS, instance profile. Hadoop's own
+  default chain has no web-identity provider. Under spark-submit its `--conf` decides.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from ncf.errors import UserError
 
 DEFAULT_MASTER = "local[*]"
+S3A_CREDENTIALS_PROVIDER = "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 
 
@@ -67,6 +71,8 @@ def get_spark(master: str = "", app_name: str = "ncf", driver_memory: str = "", 
         builder = builder.config("spark.driver.memory", driver_memory)
     if LOG4J_CONFIG.exists() and not _under_spark_submit():  # quiet JVM start-up (spark-submit users bring their own)
         builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG}")
+    if not _under_spark_submit():
+        builder = builder.config("spark.hadoop.fs.s3a.aws.credentials.provider", S3A_CREDENTIALS_PROVIDER)
     builder = (
         builder.config("spark.ui.enabled", "true" if ui else "false")
         .config("spark.ui.showConsoleProgress", "false")

@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import importlib.util
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,9 @@ def _secret_references(objects) -> Iterator[tuple[str, str, str | None, bool]]:
         if obj["kind"] == "ServiceAccount":
             for ref in obj.get("secrets", []):
                 yield describe(obj), ref["name"], None, False
+        for refs in _walk(obj, "imagePullSecrets"):
+            for ref in refs:
+                yield describe(obj), ref["name"], None, False
 
 
 def test_every_referenced_secret_and_key_is_described_by_the_example():
@@ -281,20 +285,92 @@ def test_aws_overlay_adds_canary_irsa_and_external_database():
     assert _by_kind(local, "ConfigMap")["ncf-storage"]["data"]["AWS_ENDPOINT_URL"].startswith("http://minio.")
 
 
-def test_images_are_the_projects_own_at_its_version_or_pinned():
+def test_images_are_the_projects_own_or_pinned():
     from pipelines import images
 
     own = {images.DEFAULT_REGISTRY + "/" + name: name for name in images.NAMES}
-    version = images.project_version()
     for directory in DIRS:
         for obj in build(directory):
             for ref in _walk(obj, "image"):
                 repository, _, tag = ref.rpartition(":")
                 assert repository and tag and "/" not in tag, f"{_rel(directory)}: {describe(obj)}: image {ref!r} has no tag"
-                if repository in own:
-                    assert tag == version, f"{describe(obj)}: {ref} is not the project's version {version}"
-                else:
+                if repository not in own:
                     assert tag != "latest" and re.search(r"\d", tag), f"{describe(obj)}: {ref} is not pinned"
+
+
+# ---- one build, immutably (issue #12, defect 3) ---------------------------------------------------------------
+PIN = MANIFESTS / "pin-images.sh"
+CI_REGISTRY = "registry.gitlab.example.com/group/ncf"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def pinned(directory: Path, registry: str = CI_REGISTRY, tag: str = COMMIT) -> list[dict[str, Any]]:
+    result = subprocess.run([str(PIN), str(directory), registry, tag], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def _own_image_fields(obj: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
+    """(the dict holding `image`, its value) for every image of the project's own."""
+    from pipelines import images
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("image"), str) and node["image"].rpartition(":")[0].rsplit("/", 1)[-1] in images.NAMES:
+                yield node, node["image"]
+            for value in node.values():
+                yield from walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from walk(item)
+
+    yield from walk(obj)
+
+
+@pytest.mark.parametrize("directory", [*OVERLAYS.values(), *JOBS], ids=_rel)
+def test_what_ci_renders_names_one_build_of_every_project_image(directory):
+    """The ServingRuntime, MLflow, the SparkApplication and the TrainJob all run <registry>/<name>:<commit>: a tag
+    CI never reuses (docs/cluster.md), and every object still validates."""
+    from pipelines import images
+
+    objects = pinned(directory)
+    refs = [ref for obj in objects for _, ref in _own_image_fields(obj)]
+    assert refs, _rel(directory)
+    for ref in refs:
+        assert ref.startswith(CI_REGISTRY + "/") and ref.endswith(":" + COMMIT), f"{_rel(directory)}: {ref}"
+        assert ref.rsplit("/", 1)[-1].split(":")[0] in images.NAMES
+    kinds = {obj["kind"] for obj in objects for _ in _own_image_fields(obj)}
+    assert kinds & {"ServingRuntime", "SparkApplication", "TrainJob", "Deployment"}
+    for obj in objects:
+        if is_custom_resource(obj) and not crd_kinds_known():
+            continue
+        validate(obj)
+    script_names = re.search(r"for name in ([\w\s-]+); do", PIN.read_text()).group(1).split()
+    assert script_names == list(images.NAMES)
+
+
+def test_kubernetes_pulls_a_cached_image_only_because_tags_are_immutable():
+    """Pods that can say so say IfNotPresent explicitly (with one tag per build a cached image is the right one);
+    the TrainJob's trainer has no such field and gets Kubernetes' default for a non-latest tag, the same."""
+    for directory in [*OVERLAYS.values(), *JOBS]:
+        for obj in pinned(directory):
+            for holder, ref in _own_image_fields(obj):
+                if obj["kind"] == "TrainJob":
+                    assert "imagePullPolicy" not in holder and not ref.endswith(":latest")
+                else:
+                    assert holder.get("imagePullPolicy") == "IfNotPresent", f"{_rel(directory)}: {describe(obj)} {ref}"
+
+
+def test_a_private_registry_is_pulled_with_a_secret_on_aws():
+    accounts = _by_kind(build(OVERLAYS["aws"]), "ServiceAccount")
+    for name in ("ncf-serving", "ncf-mlflow", "ncf-spark", "ncf-trainer"):
+        assert accounts[name].get("imagePullSecrets") == [{"name": "ncf-registry"}], name
+    assert _example_secrets()["ncf-registry"]["type"] == "kubernetes.io/dockerconfigjson"
+    # Every pod running a project image runs under one of those accounts.
+    app = _by_kind(build(MANIFESTS / "jobs" / "preprocess-spark"), "SparkApplication")["ncf-preprocess"]["spec"]
+    assert app["driver"]["serviceAccount"] == app["executor"]["serviceAccount"] == "ncf-spark"
+    isvc = _by_kind(build(OVERLAYS["aws"]), "InferenceService")["ncf-recommender"]
+    assert isvc["spec"]["predictor"]["serviceAccountName"] == "ncf-serving"
 
 
 # ---- jobs: the command lines are the steps' own CLIs ---------------------------------------------------------
@@ -371,3 +447,47 @@ def test_pipeline_pods_find_the_storage_settings_the_compiled_pipeline_names(ove
     secret = _example_secrets().get(settings.aws_secret)
     assert secret is not None, f"the pipeline reads Secret {settings.aws_secret!r}; {EXAMPLE_SECRETS.name} lacks it"
     assert set(settings.aws_secret_keys) <= set(secret["stringData"])
+
+
+# ---- S3A with IRSA (defect 4) -----------------------------------------------------------------------------------
+def test_the_kfp_preprocess_step_reads_s3a_with_the_spark_applications_credential_chain():
+    """The KFP preprocess step runs Spark in its pod (spark/session.py); the SparkApplication sets S3A's provider in
+    sparkConf. Both must be the AWS SDK's default chain (it has IRSA's web identity provider; Hadoop's default has
+    not). Checked on a real Spark session."""
+    import shutil
+
+    from pyspark.sql import SparkSession
+
+    from spark.session import get_spark
+
+    app = _by_kind(build(MANIFESTS / "jobs" / "preprocess-spark"), "SparkApplication")["ncf-preprocess"]["spec"]
+    provider = app["sparkConf"]["spark.hadoop.fs.s3a.aws.credentials.provider"]
+    assert provider == "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
+    if shutil.which("java") is None:
+        pytest.skip("no Java: Spark cannot start")
+    started = SparkSession.getActiveSession() is None
+    spark = get_spark("local[1]", app_name="ncf-s3a-credentials")
+    try:
+        assert spark.sparkContext.getConf().get("spark.hadoop.fs.s3a.aws.credentials.provider") == provider
+    finally:
+        if started:
+            spark.stop()
+
+
+# ---- MLflow for SageMaker jobs (defect 6) -----------------------------------------------------------------------
+def test_the_scheduled_runs_mlflow_address_is_served_on_aws():
+    """config/pipeline-params.yaml's tracking_uri (used by KFP pods and SageMaker jobs) is a name the aws overlay's
+    MLflow answers (--allowed-hosts) behind an internal load balancer for the VPC."""
+    from urllib.parse import urlparse
+
+    tracking = urlparse(yaml.safe_load((REPO_ROOT / "config" / "pipeline-params.yaml").read_text())["tracking_uri"])
+    objects = build(OVERLAYS["aws"])
+    args = _by_kind(objects, "Deployment")["mlflow"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    hosts = next(a for a in args if a.startswith("--allowed-hosts=")).split("=", 1)[1].split(",")
+    assert tracking.netloc in hosts
+    service = _by_kind(objects, "Service")["mlflow-vpc"]
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-scheme"] == "internal"
+    assert [p["port"] for p in service["spec"]["ports"]] == [tracking.port]
+    pod_labels = _by_kind(objects, "Deployment")["mlflow"]["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()

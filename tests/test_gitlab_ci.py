@@ -59,7 +59,7 @@ def _variables() -> dict[str, str]:
 def test_stages_run_test_compile_upload_run_deploy():
     assert CI["stages"] == ["test", "compile", "upload", "run", "deploy"]
     assert {job["stage"] for job in JOBS.values()} == set(CI["stages"])
-    assert set(JOBS) == {"test", "compile", "images", "upload", "run", "deploy-manifests"}
+    assert set(JOBS) == {"test", "compile", "images", "manifests", "upload", "run", "deploy-manifests"}
     assert JOBS["test"]["script"] == ["make test"]  # the README's test command
 
 
@@ -115,30 +115,129 @@ def test_compile_artifacts_are_the_files_make_compile_writes():
     )
 
 
-def test_images_job_builds_the_projects_images_at_its_version():
+# ---- what a CI run on the default branch produces (issue #12, defects 2 and 3) ---------------------------------
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+PREDEFINED = {"CI_COMMIT_SHA": COMMIT, "CI_COMMIT_SHORT_SHA": COMMIT[:8], "CI_PIPELINE_ID": "4242",
+              "CI_PIPELINE_SOURCE": "push", "CI_REGISTRY_IMAGE": "registry.gitlab.example.com/group/ncf",
+              "CI_REGISTRY": "registry.gitlab.example.com", "KUBE_CONTEXT": "group/ncf:eks"}
+
+
+def _ci_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment a default-branch job sees: GitLab's predefined variables, then the file's `variables:`
+    (expanded as GitLab does), then project variables (`extra`). KFP_ENDPOINT / KFP_TOKEN unset: the EKS setup."""
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "CI_PROJECT_DIR": str(REPO_ROOT),
+           **PREDEFINED}
+    for name, value in _variables().items():
+        env[name] = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), ""), value)
+    return {**env, **extra}
+
+
+def _expanded_ncfctl_args(job: str, env: dict[str, str]) -> list[str]:
+    """The job's `ncfctl submit ...` arguments after the shell expanded them."""
+    (line,) = [line for line in JOBS[job]["script"] if "ncfctl submit" in line]
+    command = line.replace(".venv/bin/ncfctl submit", "printf '%s\\0'", 1)
+    out = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, check=True).stdout
+    return out.split("\0")[:-1]
+
+
+def test_images_job_pushes_one_build_per_commit_and_its_sagemaker_variants(tmp_path):
     from pipelines import images
 
+    assert _variables()["NCF_IMAGE_TAG"] == "$CI_COMMIT_SHA", "a tag never reused: the commit"
     script = "\n".join(JOBS["images"]["script"])
     names = re.search(r"for name in ([\w\s-]+); do", script).group(1).split()
     assert sorted(names) == sorted(images.NAMES)
     for name in names:
         assert (REPO_ROOT / "docker" / f"{name}.Dockerfile").exists()
-    version_line = next(line for line in JOBS["images"]["script"] if line.startswith("VERSION="))
-    result = subprocess.run(["bash", "-c", f"{version_line}; printf %s \"$VERSION\""], capture_output=True,
-                            text=True, cwd=REPO_ROOT, check=True)
-    assert result.stdout == images.project_version()
+    commands = subprocess.run(["bash", "-c", 'docker() { echo docker "$@"; }\n' + script], env=_ci_env(tmp_path),
+                              capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout
+    pushed = set(re.findall(r"^docker push (\S+)$", commands, re.M))
+    registry = PREDEFINED["CI_REGISTRY_IMAGE"]
+    assert pushed == {f"{registry}/{n}:{COMMIT}{variant}" for n in images.NAMES for variant in ("", "-sagemaker")}
+    for name in names:
+        assert f"docker build -f docker/sagemaker.Dockerfile --build-arg BASE_IMAGE={registry}/{name}:{COMMIT}" in commands
+
+
+def _compile_as(job: str, tmp_path: Path) -> tuple[dict, dict]:
+    """Compile the pipeline exactly as the job's `ncfctl submit` does, in the job's environment (pipelines/images.py
+    reads the registry and tag when imported, hence a fresh interpreter)."""
+    env = _ci_env(tmp_path)
+    args = _expanded_ncfctl_args(job, env)
+    out = tmp_path / f"{job}.yaml"
+    # submit's Kubernetes settings are exactly its backend flags (pipelines/compile.py add_backend_arguments).
+    code = ("import argparse, sys; from pipelines.compile import add_backend_arguments, settings_from_args; "
+            "from pipelines.kfp_pipeline import compile_ir; parser = argparse.ArgumentParser(); "
+            "add_backend_arguments(parser); args, _ = parser.parse_known_args(sys.argv[2:]); "
+            "compile_ir(sys.argv[1], settings_from_args(args)[0])")
+    subprocess.run([sys.executable, "-c", code, str(out), *args], env={**env, "PYTHONPATH": str(REPO_ROOT)},
+                   cwd=REPO_ROOT, check=True, capture_output=True, text=True, timeout=300)
+    spec, platform = yaml.safe_load_all(out.read_text())
+    return spec, platform
+
+
+@pytest.mark.parametrize("job", ["upload", "run"])
+def test_the_pipeline_ci_uploads_reads_s3_through_irsa_and_ci_holds_no_aws_key(job, tmp_path):
+    """EKS: pods get S3 from IRSA on KFP's pipeline-runner, so no task reads a Secret of AWS keys; CI itself holds
+    none either: without a KFP endpoint the GitLab agent's context reaches KFP (pipelines/submit.py)."""
+    _, platform = _compile_as(job, tmp_path)
+    for name, executor in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
+        assert "secretAsEnv" not in executor, f"{job}: {name} reads AWS keys from a Secret"
+    args = _expanded_ncfctl_args(job, _ci_env(tmp_path))
+    assert "--kube-context" in args, f"{job}: no way to reach KFP but a stored endpoint + token"
+    assert args[args.index("--host") + 1] == "" and args[args.index("--kube-context") + 1] == PREDEFINED["KUBE_CONTEXT"]
+    ci_text = (REPO_ROOT / ".gitlab-ci.yml").read_text()
+    assert "AWS_ACCESS_KEY_ID" not in ci_text and "AWS_SECRET_ACCESS_KEY" not in ci_text
+
+
+@pytest.mark.parametrize("job", ["upload", "run"])
+def test_the_pipeline_ci_uploads_runs_the_images_this_commit_built(job, tmp_path):
+    spec, platform = _compile_as(job, tmp_path)
+    registry = PREDEFINED["CI_REGISTRY_IMAGE"]
+    for executor in spec["deploymentSpec"]["executors"].values():
+        image = executor["container"]["image"]
+        assert image.startswith(registry + "/") and image.endswith(":" + COMMIT), image
+    for executor in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+        assert executor["imagePullPolicy"] == "IfNotPresent"
+        assert [s["secretName"] for s in executor["imagePullSecret"]] == ["ncf-registry"]
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
+    """What the manifests job leaves in dist/manifests/, rendered into a scratch copy of its working directory."""
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl not on PATH")
-    overlay = REPO_ROOT / "manifests" / "overlays" / _variables()["NCF_OVERLAY"]
-    assert overlay.is_dir()
-    path = tmp_path_factory.mktemp("deploy") / "rendered.yaml"
-    path.write_text(subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True,
-                                   check=True).stdout)
-    return path
+    tmp = tmp_path_factory.mktemp("ci")
+    work = tmp / "checkout"
+    shutil.copytree(REPO_ROOT / "manifests", work / "manifests")
+    env = _ci_env(tmp, CI_PROJECT_DIR=str(work))
+    for line in JOBS["manifests"]["script"]:
+        subprocess.run(["bash", "-c", line], cwd=work, env=env, check=True)
+    return work / "dist" / "manifests"
+
+
+def _images(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "image"] + [i for v in node.values() for i in _images(v)]
+    if isinstance(node, list):
+        return [i for v in node for i in _images(v)]
+    return []
+
+
+def test_manifests_job_renders_the_overlay_and_the_jobs_with_this_commits_images(rendered):
+    from pipelines import images
+
+    overlay = _variables()["NCF_OVERLAY"]
+    assert sorted(p.name for p in rendered.iterdir()) == sorted([f"{overlay}.yaml", "preprocess-spark.yaml", "train-ddp.yaml"])
+    assert JOBS["manifests"]["artifacts"]["paths"] == ["dist/manifests/"]
+    kinds = set()
+    for path in rendered.iterdir():
+        for obj in yaml.safe_load_all(path.read_text()):
+            own = [ref for ref in _images(obj) if ref.rpartition(":")[0].rsplit("/", 1)[-1] in images.NAMES]
+            assert all(ref == f"{PREDEFINED['CI_REGISTRY_IMAGE']}/{ref.rsplit('/', 1)[-1].split(':')[0]}:{COMMIT}"
+                       for ref in own), (path.name, own)
+            assert not any("ghcr.io/ncf-platform" in ref for ref in _images(obj))
+            kinds |= {obj["kind"]} if own else set()
+    assert {"ServingRuntime", "Deployment", "SparkApplication", "TrainJob"} <= kinds
 
 
 def _run_deploy_line(prefix: str, path: Path, env: dict[str, str]) -> list[dict[str, Any]]:
@@ -148,31 +247,22 @@ def _run_deploy_line(prefix: str, path: Path, env: dict[str, str]) -> list[dict[
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def test_deploy_job_keeps_the_live_model_and_retargets_images(rendered):
-    pristine = rendered.read_text()
-    before = [doc for doc in yaml.safe_load_all(pristine) if doc]
-    assert _run_deploy_line('if [ -n "$LIVE_MODEL" ]', rendered, {"LIVE_MODEL": ""}) == before, (
+def test_deploy_job_applies_the_rendered_overlay_and_keeps_the_live_model(rendered, tmp_path):
+    overlay = _variables()["NCF_OVERLAY"]
+    copy_line = next(line for line in JOBS["deploy-manifests"]["script"] if line.startswith("cp "))
+    assert copy_line.split()[1] == '"dist/manifests/${NCF_OVERLAY}.yaml"' and "manifests" in JOBS["deploy-manifests"]["needs"]
+    target = tmp_path / "rendered.yaml"
+    shutil.copy(rendered / f"{overlay}.yaml", target)
+    before = [doc for doc in yaml.safe_load_all(target.read_text()) if doc]
+    assert _run_deploy_line('if [ -n "$LIVE_MODEL" ]', target, {"LIVE_MODEL": ""}) == before, (
         "no live InferenceService yet: the manifest is applied as rendered"
     )
     live = "s3://bucket/platform/models/2026-11-27-abc123"
-    after = _run_deploy_line('if [ -n "$LIVE_MODEL" ]', rendered, {"LIVE_MODEL": live})
+    after = _run_deploy_line('if [ -n "$LIVE_MODEL" ]', target, {"LIVE_MODEL": live})
     expected = copy.deepcopy(before)
     next(o for o in expected if o["kind"] == "InferenceService")["spec"]["predictor"]["model"]["storageUri"] = live
     assert after == expected, "only the InferenceService's storageUri changes"
-    registry = "registry.example.com/group/ncf"
-    retargeted = _run_deploy_line('sed -i "s#ghcr.io/ncf-platform/', rendered, {"NCF_IMAGE_REGISTRY": registry})
-    images = [ref for obj in retargeted for ref in _images(obj)]
-    assert any(ref.startswith(registry + "/") for ref in images)
-    assert not any("ghcr.io/ncf-platform" in ref for ref in images)
     assert "kubectl apply -f rendered.yaml" in JOBS["deploy-manifests"]["script"]
-
-
-def _images(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        return [v for k, v in node.items() if k == "image"] + [i for v in node.values() for i in _images(v)]
-    if isinstance(node, list):
-        return [i for v in node for i in _images(v)]
-    return []
 
 
 # ---- rules ---------------------------------------------------------------------------------------------------
@@ -231,9 +321,10 @@ CODE = ["ncf/train.py"]
         (FEATURE_PUSH, [PARAMS_FILE], {"test": "on_success", "compile": "on_success"}),
         ({**FEATURE_PUSH, "CI_OPEN_MERGE_REQUESTS": "group/ncf!7"}, CODE, {}),
         (MAIN_PUSH, CODE, {"test": "on_success", "compile": "on_success", "images": "on_success",
-                           "upload": "on_success", "deploy-manifests": "manual"}),
+                           "manifests": "on_success", "upload": "on_success", "deploy-manifests": "manual"}),
         (MAIN_PUSH, [PARAMS_FILE], {"test": "on_success", "compile": "on_success", "images": "on_success",
-                                    "upload": "on_success", "run": "on_success", "deploy-manifests": "manual"}),
+                                    "manifests": "on_success", "upload": "on_success", "run": "on_success",
+                                    "deploy-manifests": "manual"}),
         (SCHEDULE, [], {"run": "on_success"}),
     ],
     ids=["mr-code", "mr-params", "branch-params", "branch-with-open-mr", "main-code", "main-params", "schedule"],

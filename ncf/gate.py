@@ -10,6 +10,9 @@
    on `gate_metric` and clears the absolute `floor`; the first model needs only the floor. Optionally the gain
    must be significant under a paired bootstrap over users.
 4. Tag the version with the decision and both scores; write gate.json + gate.html under `report_uri`.
+
+Steps 2-4 (reading the champion, scoring, moving the aliases) hold the model's gate lock (`registry.gate_lock`):
+gates of one model run one at a time, so a second gate scores against the champion the first one set.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class GateConfig:
     run_date: str = param("", "lineage: the data's run date (default: from the partition's stats.json)")
     pipeline_run_id: str = param("", "lineage: the pipeline run that produced the model")
     git_commit: str = param("", "lineage: the code commit (default: `git rev-parse HEAD` when available)")
+    lock_timeout_s: float = param(900.0, "how long to wait for another gate of the same model to finish")
 
 
 @dataclasses.dataclass
@@ -341,6 +345,13 @@ def run(config: GateConfig) -> GateResult:
     if not partition_uri:
         raise UserError(f"{config.model_uri}: no partition_uri in config.json; pass --partition-uri")
     partition = load_partition(partition_uri)
+    with registry.gate_lock(tracking_uri, config.model_name, timeout_s=config.lock_timeout_s) as lock:
+        return _gate_locked(config, lock, tracking_uri, root, challenger, partition)
+
+
+def _gate_locked(config: GateConfig, lock, tracking_uri: str, root, challenger, partition) -> GateResult:
+    """Read the champion, score both, decide, register, move the aliases: all under the model's gate lock."""
+    from ncf.package import load_package
 
     previous = registry.alias_version(tracking_uri, config.model_name, registry.CHAMPION)
     packages = [challenger]
@@ -380,6 +391,7 @@ def run(config: GateConfig) -> GateResult:
         config.model_uri, tracking_uri=tracking_uri, model_name=config.model_name, experiment=config.experiment,
         tags=tags, metrics=chall.metrics, params=challenger.config.get("hyperparameters"),
         train_run_id=str(challenger.config.get("mlflow_run_id", "")))
+    lock.check()  # still the only gate of this model: the champion read above is still the champion
     registry.set_alias(tracking_uri, config.model_name, registry.CHALLENGER, version.version)
     if decision.promoted:
         registry.set_alias(tracking_uri, config.model_name, registry.CHAMPION, version.version)

@@ -167,10 +167,118 @@ def oracle_model(partition, noise: float, seed: int = 0):
     return model.eval()
 
 
-def make_package(uri: str, partition, model, metrics: dict | None = None, hyperparameters: dict | None = None) -> str:
-    """A real model package (ncf.package.save_package) for `model` trained on `partition`."""
+def make_package(uri: str, partition, model, metrics: dict | None = None, hyperparameters: dict | None = None,
+                 extra: dict | None = None) -> str:
+    """A real model package (ncf.package.save_package) for `model` trained on `partition` (`extra`: more
+    config.json fields, e.g. `partition_fingerprint`)."""
     from ncf.package import package_tables, save_package
 
     return save_package(uri, model, **package_tables(partition), metrics=metrics or {"ndcg@10": 0.0},
                         hyperparameters=hyperparameters or {"epochs": 1, "lr": 0.001, "factor_num": 32},
-                        extra={"partition_uri": partition.uri})
+                        extra={"partition_uri": partition.uri, **(extra or {})})
+
+
+# ---- concurrent gates: one process each, released at once, and the never-worse check over what they did ----------
+
+_GATE_PROCESS = r"""
+import json, sys, time
+from pathlib import Path
+from ncf import gate
+config = gate.GateConfig(**json.loads(sys.argv[1]))
+Path(sys.argv[2]).touch()  # imports done: ready
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.01)
+started = time.time()
+r = gate.run(config)
+print(json.dumps({"version": r.version, "promoted": r.promoted, "score": r.challenger_score,
+                  "champion_version": r.champion_version, "champion_score": r.champion_score,
+                  "started": started, "finished": time.time()}))
+"""
+
+
+def run_concurrent_gates(configs: list[dict], workdir: Path, env: dict | None = None,
+                         timeout: float = 600) -> list[dict]:
+    """Run `gate.run(GateConfig(**config))` for each config in its own process, all released at the same instant
+    (after their imports); return each gate's result (plus its `model_uri` and stderr `log`). Any failed gate fails
+    the test, and so do gates that were not all running at once."""
+    import json
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    go = workdir / "go"
+    procs = []
+    for i, config in enumerate(configs):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", _GATE_PROCESS, json.dumps(config), str(workdir / f"ready-{i}"), str(go)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    deadline = time.monotonic() + timeout
+    try:
+        while not all((workdir / f"ready-{i}").exists() for i in range(len(procs))):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [
+                p.communicate()[1][-3000:] for p in procs if p.poll() is not None]
+            time.sleep(0.05)
+        go.touch()
+        outputs = [p.communicate(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    results = []
+    for proc, config, (out, err) in zip(procs, configs, outputs, strict=True):
+        assert proc.returncode == 0, f"gate of {config['model_uri']} failed ({proc.returncode}):\n{err[-3000:]}"
+        results.append({**json.loads(out.strip().splitlines()[-1]), "model_uri": config["model_uri"], "log": err})
+    assert max(r["started"] for r in results) < min(r["finished"] for r in results), "the gates did not overlap"
+    return results
+
+
+def assert_gates_serialised(results: list[dict], champion_before: tuple[str, float], champion_now) -> None:
+    """The never-worse property over gates that ran at once: in the order they registered their versions (the order
+    they held the gate lock), each compared against the champion the previous one left, promoted only a strictly
+    better model, and the champion left at the end is the best model seen."""
+    version, score = champion_before
+    for result in sorted(results, key=lambda r: int(r["version"])):
+        assert result["champion_version"] == version, (
+            f"v{result['version']} was compared against v{result['champion_version']}, but the champion at its turn "
+            f"was v{version}: two gates read the same champion")
+        assert result["champion_score"] == score
+        if result["promoted"]:
+            assert result["score"] > score
+            version, score = result["version"], result["score"]
+        else:
+            assert result["score"] <= score
+    assert score == max([champion_before[1], *(r["score"] for r in results)])
+    assert str(champion_now.version) == version
+
+
+def reference_ranking(package, user_id: str, exclude_seen: bool = True, candidates: list[str] | None = None):
+    """A known user's full ranking computed without the serving code: the model's plain forward pass over every
+    item (or the candidates), the user's training items dropped, argsort. Returns (item ids, scores), best first."""
+    import numpy as np
+    import torch
+
+    user = package.user_ids.index(user_id)
+    items = np.arange(len(package.item_ids)) if candidates is None else np.asarray(
+        [package.item_ids.index(c) for c in candidates])
+    with torch.no_grad():
+        scores = package.model(torch.full((len(items),), user, dtype=torch.long),
+                               torch.as_tensor(items, dtype=torch.long)).double().numpy()
+    if exclude_seen:
+        keep = ~np.isin(items, package.seen_indices[package.seen_indptr[user]:package.seen_indptr[user + 1]])
+        items, scores = items[keep], scores[keep]
+    order = np.argsort(-scores, kind="stable")
+    return [package.item_ids[i] for i in items[order]], scores[order]
+
+
+def assert_top_k(item_ids: list[str], scores: list[float], reference, k: int, tol: float = 1e-4) -> None:
+    """`item_ids` / `scores` are the k best of `reference_ranking`: the same scores, best first, nothing ranked
+    higher left out (the exact order too, unless two of the scores are within `tol`)."""
+    import numpy as np
+
+    ref_ids, ref_scores = reference
+    want = min(k, len(ref_ids))
+    by_id = dict(zip(ref_ids, ref_scores, strict=True))
+    assert len(item_ids) == want and set(item_ids) <= set(by_id), "an excluded or unknown item was returned"
+    np.testing.assert_allclose(scores, [by_id[i] for i in item_ids], rtol=tol, atol=tol)
+    assert list(scores) == sorted(scores, reverse=True)
+    assert min(by_id[i] for i in item_ids) >= ref_scores[want - 1] - tol, "a better item was left out"
+    if want == 1 or np.min(-np.diff(ref_scores[:want + 1])) > tol:
+        assert list(item_ids) == ref_ids[:want]

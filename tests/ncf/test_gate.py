@@ -11,7 +11,15 @@ import pytest
 
 from ncf import gate, registry
 from ncf.errors import UserError
-from tests.mlflow_fixtures import make_package, oracle_model
+from tests.mlflow_fixtures import (  # noqa: F401  (fixtures)
+    assert_gates_serialised,
+    make_package,
+    mlflow_server,
+    oracle_model,
+    postgres_url,
+    run_concurrent_gates,
+    s3_env,
+)
 from tests.tiny_data import make_partition, write_partition
 
 # ---- the pure rule -------------------------------------------------------------------------------------------
@@ -289,3 +297,65 @@ def test_gate_rejects_bad_input(store, capsys):
     assert "gate_metric" in capsys.readouterr().err
     assert gate.main(["--model-uri", packages["medium"], "--min-delta", "-1"]) == 2
     assert "min_delta" in capsys.readouterr().err
+
+
+# ---- concurrent gates: several processes at once, real stores, repeated tries ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def race(tmp_path_factory):
+    """A partition, a weak first champion and three challengers of known, different quality (full_ndcg@10)."""
+    from ncf.package import load_package
+
+    root = tmp_path_factory.mktemp("race-root")
+    partition = make_partition(num_users=60, num_items=120, uri=str(root / "data" / "dt=2026-11-27"))
+    write_partition(partition, partition.uri)
+    uris = [make_package(str(root / "models" / f"noise-{noise}"), partition, oracle_model(partition, noise, seed))
+            for seed, noise in enumerate((6.0, 4.0, 3.0, 2.0))]
+    scores = gate.score_packages([load_package(u) for u in uris], partition, "full_ndcg@10")
+    known = {uri: s.metrics["full_ndcg@10"] for uri, s in zip(uris, scores, strict=True)}
+    assert len(set(known.values())) == len(known), "the challengers must be distinguishable"
+    return partition, uris, known
+
+
+def _race(race, tracking_uri: str, workdir, challengers: list[str], model_name: str = "ncf", env=None) -> None:
+    """Gate the weakest package first, then `challengers` all at once; check the never-worse property."""
+    partition, uris, known = race
+
+    def config(uri: str, name: str) -> dict:
+        return {"model_uri": uri, "partition_uri": partition.uri, "tracking_uri": tracking_uri,
+                "model_name": model_name, "gate_metric": "full_ndcg@10", "report_uri": str(workdir / "reports" / name),
+                "lock_timeout_s": 300.0}
+
+    first = gate.run(gate.GateConfig(**config(uris[0], "first")))
+    assert first.promoted and first.challenger_score == pytest.approx(known[uris[0]])
+    results = run_concurrent_gates([config(uri, f"c{i}") for i, uri in enumerate(challengers)], workdir / "procs",
+                                   env=env)
+    for result in results:
+        assert result["score"] == pytest.approx(known[result["model_uri"]])
+    assert_gates_serialised(results, (first.version, first.challenger_score),
+                            registry.alias_version(tracking_uri, model_name, registry.CHAMPION))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(3))
+def test_concurrent_gates_on_sqlite_never_leave_a_worse_champion(race, tmp_path, attempt):
+    """Three gates at once on one sqlite store (the failure: all compared against v1, all "promoted", and the last
+    alias move won, whichever model that was)."""
+    _, uris, _ = race
+    _race(race, registry.default_tracking_uri(tmp_path), tmp_path, uris[1:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(3))
+def test_concurrent_gates_on_the_postgres_server_never_leave_a_worse_champion(
+        race, tmp_path, attempt, mlflow_server, moto_server, monkeypatch):  # noqa: F811
+    """Two gates at once through `mlflow server` on PostgreSQL (S3 artifacts): the gate has only the HTTP URI."""
+    import os
+
+    env = s3_env(moto_server)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    _, uris, _ = race
+    _race(race, mlflow_server[0], tmp_path, [uris[3], uris[1]], model_name=f"ncf-race-{attempt}",
+          env={**os.environ, **env})

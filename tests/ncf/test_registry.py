@@ -127,3 +127,129 @@ def test_version_links_to_the_training_run_in_the_same_store(tmp_path):
     assert run.data.params["lr"] == "0.001" and run.data.metrics["gate.ndcg_at_10"] == 0.25
     elsewhere = registry.register_package(package_uri, tracking_uri=tracking_uri, train_run_id="not-in-this-store")
     assert elsewhere.run_id != train_run.info.run_id
+
+
+# ---- concurrency: a fresh store created once, and the gate lock ----------------------------------------------
+
+_FIRST_USE = r"""
+import sys, time
+from pathlib import Path
+from ncf import registry
+Path(sys.argv[2]).touch()
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.01)
+uri = sys.argv[1]
+registry.ensure_experiment(uri)
+assert registry.alias_version(uri, "ncf", "champion") is None
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(3))
+def test_concurrent_first_use_of_a_fresh_sqlite_store(tmp_path, attempt):
+    """Four processes open the same not-yet-existing store at once (the failure: each ran MLflow's migrations, and
+    one crashed with an alembic error)."""
+    import subprocess
+    import sys
+    import time
+
+    uri = registry.default_tracking_uri(tmp_path / "root")
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _FIRST_USE, uri, str(tmp_path / f"ready-{i}"), str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready-{i}").exists() for i in range(4)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+    go.touch()
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-3000:]
+    assert registry.client(uri).get_experiment_by_name(registry.DEFAULT_EXPERIMENT) is not None
+
+
+def test_gate_lock_excludes_and_queues(tmp_path):
+    """Threads of one process each take the lock repeatedly: never two inside at once, every one gets its turn."""
+    import threading
+    import time
+
+    uri = registry.default_tracking_uri(tmp_path)
+    inside, most, turns, errors = [0], [0], [], []
+    guard = threading.Lock()
+
+    def worker(name: str) -> None:
+        try:
+            for _ in range(2):
+                with registry.gate_lock(uri, "ncf", timeout_s=120, poll_s=0.05) as lock:
+                    with guard:
+                        inside[0] += 1
+                        most[0] = max(most[0], inside[0])
+                    time.sleep(0.05)
+                    lock.check()
+                    turns.append((name, lock.version))
+                    with guard:
+                        inside[0] -= 1
+        except Exception as exc:  # reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(f"t{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and most[0] == 1 and len(turns) == 8
+    # Served in ticket order, and nothing left behind: every ticket deleted on release.
+    assert [v for _, v in turns] == sorted(v for _, v in turns)
+    assert registry.client(uri).search_model_versions(f"name='{registry.gate_lock_name('ncf')}'") == []
+
+
+def test_gate_lock_timeout_names_the_holder(tmp_path):
+    uri = registry.default_tracking_uri(tmp_path)
+    with registry.gate_lock(uri, "ncf") as held:
+        with pytest.raises(UserError, match=r"ncf\.gate-lock: another gate \(.+:\d+, ticket \d+, last heartbeat "
+                                            r"\d+s ago\) still holds the gate of 'ncf' after 1s.*--lock-timeout-s"):
+            with registry.gate_lock(uri, "ncf", timeout_s=1, poll_s=0.1):
+                pass
+        held.check()  # the waiter that gave up took nothing from the holder
+        with registry.gate_lock(uri, "other-model", timeout_s=0):  # one lock per model name
+            pass
+    with registry.gate_lock(uri, "ncf", timeout_s=0):  # released: free at once
+        pass
+
+
+_CRASHING_HOLDER = r"""
+import os, signal, sys
+from pathlib import Path
+from ncf import registry
+with registry.gate_lock(sys.argv[1], "ncf", lease_s=2.0):
+    Path(sys.argv[2]).touch()
+    os.kill(os.getpid(), signal.SIGKILL)  # dies holding the lock: no release, no more heartbeats
+"""
+
+
+def test_a_crashed_holder_is_broken_after_its_lease(tmp_path, capfd):
+    import subprocess
+    import sys
+    import time
+
+    uri = registry.default_tracking_uri(tmp_path)
+    held = tmp_path / "held"
+    proc = subprocess.run([sys.executable, "-c", _CRASHING_HOLDER, uri, str(held)], capture_output=True, timeout=120)
+    assert proc.returncode == -9 and held.exists()
+    started = time.monotonic()
+    with registry.gate_lock(uri, "ncf", timeout_s=60, poll_s=0.2) as lock:
+        waited = time.monotonic() - started
+        lock.check()
+    assert 1.0 < waited < 30
+    assert "breaking the lock of" in capfd.readouterr().err
+
+
+def test_a_holder_whose_lease_ran_out_cannot_act(tmp_path):
+    """A hung holder (no heartbeats) is broken by the next gate, and finds out before it moves any alias."""
+    uri = registry.default_tracking_uri(tmp_path)
+    with registry.gate_lock(uri, "ncf", lease_s=1.0) as hung:
+        hung._stop.set()  # the heartbeat thread stops, as in a process frozen by the OS
+        with registry.gate_lock(uri, "ncf", timeout_s=30, poll_s=0.1) as fresh:
+            fresh.check()
+            with pytest.raises(UserError, match="lost the lock.*nothing was moved, re-run the gate"):
+                hung.check()

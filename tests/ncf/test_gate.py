@@ -359,3 +359,86 @@ def test_concurrent_gates_on_the_postgres_server_never_leave_a_worse_champion(
     _, uris, _ = race
     _race(race, mlflow_server[0], tmp_path, [uris[3], uris[1]], model_name=f"ncf-race-{attempt}",
           env={**os.environ, **env})
+
+
+# ---- immutable inputs: a package's training partition rewritten under it ---------------------------------------
+
+
+def test_gate_reports_a_training_partition_rewritten_under_the_champion(tmp_path):
+    """The champion was trained on dt=2026-11-27; that date is re-run (--overwrite) and a challenger trained on the
+    new data: the gate scores both on it, and says the champion's partition is not the data it was trained on."""
+    import shutil
+
+    day = str(tmp_path / "data" / "dt=2026-11-27")
+    before = make_partition(num_users=60, num_items=120, seed=5, uri=day)
+    before.stats["fingerprint"] = "sha256:aaaa"
+    write_partition(before, day)
+    champion = make_package(str(tmp_path / "models" / "before"), before, oracle_model(before, 3.0, 0),
+                            extra={"partition_fingerprint": "sha256:aaaa"})
+    first = gate.run(gate.GateConfig(model_uri=champion))
+    assert first.promoted and first.training_partitions["challenger"].status == "unchanged"
+    assert "changed" not in first.reason
+
+    rerun = make_partition(num_users=60, num_items=120, seed=6, uri=day)
+    rerun.stats["fingerprint"] = "sha256:bbbb"
+    shutil.rmtree(day)
+    write_partition(rerun, day)
+    challenger = make_package(str(tmp_path / "models" / "after"), rerun, oracle_model(rerun, 1.0, 1),
+                              extra={"partition_fingerprint": "sha256:bbbb"})
+    result = gate.run(gate.GateConfig(model_uri=challenger))
+
+    checks = result.training_partitions
+    assert checks["challenger"] == gate.PartitionCheck("unchanged", day, "sha256:bbbb", "sha256:bbbb",
+                                                       "the data it was trained on")
+    assert (checks["champion"].status, checks["champion"].recorded, checks["champion"].current) == (
+        "changed", "sha256:aaaa", "sha256:bbbb")
+    assert "champion's training partition changed" in result.reason and "never saw" in result.reason
+    tags = registry.client(registry.default_tracking_uri(tmp_path)).get_model_version("ncf", result.version).tags
+    assert tags["gate.champion_partition"] == "changed" and tags["gate.challenger_partition"] == "unchanged"
+    assert "champion's training partition changed" in tags["gate.reason"]
+    report_dir = tmp_path / "reports" / "gate" / f"ncf-v{result.version}"
+    report = json.loads((report_dir / "gate.json").read_text())
+    assert report["training_partitions"]["champion"]["status"] == "changed"
+    assert "champion changed" in (report_dir / "gate.html").read_text()
+
+
+@pytest.mark.parametrize(("package_fp", "partition_fp", "detail"), [
+    (None, None, "no fingerprint in the package"),
+    (None, "sha256:aaaa", "no fingerprint in the package"),
+    ("sha256:aaaa", None, "no fingerprint in the partition's stats.json"),
+])
+def test_missing_fingerprints_mean_unknown(tmp_path, package_fp, partition_fp, detail):
+    """Packages and partitions from before fingerprints: "unknown", never an error."""
+    from ncf.data import load_partition
+    from ncf.package import load_package
+
+    partition = make_partition(uri=str(tmp_path / "data" / "dt=2026-11-27"))
+    if partition_fp:
+        partition.stats["fingerprint"] = partition_fp
+    write_partition(partition, partition.uri)
+    extra = {"partition_fingerprint": package_fp} if package_fp else {}
+    package = load_package(make_package(str(tmp_path / "models" / "m"), partition, oracle_model(partition, 1.0),
+                                        extra=extra))
+    check = gate.check_training_partition(package, load_partition(partition.uri))
+    assert check.status == "unknown" and detail in check.detail
+    # Scored on another partition: the training one is read from storage; gone, that is "unknown" too.
+    other = make_partition(uri=str(tmp_path / "data" / "dt=2026-11-28"))
+    assert gate.check_training_partition(package, other).status == "unknown"
+    (tmp_path / "data" / "dt=2026-11-27" / "_SUCCESS").unlink()
+    gone = gate.check_training_partition(package, other)
+    assert gone.status == "unknown" and "gone or incomplete" in gone.detail
+
+
+def test_training_partition_read_from_storage_when_scored_elsewhere(tmp_path):
+    from ncf.package import load_package
+
+    old = make_partition(uri=str(tmp_path / "data" / "dt=2026-11-26"))
+    old.stats["fingerprint"] = "sha256:1111"
+    write_partition(old, old.uri)
+    package = load_package(make_package(str(tmp_path / "models" / "m"), old, oracle_model(old, 1.0),
+                                        extra={"partition_fingerprint": "sha256:1111"}))
+    newest = make_partition(uri=str(tmp_path / "data" / "dt=2026-11-27"))
+    assert gate.check_training_partition(package, newest).status == "unchanged"
+    stats = json.loads((tmp_path / "data" / "dt=2026-11-26" / "stats.json").read_text())
+    (tmp_path / "data" / "dt=2026-11-26" / "stats.json").write_text(json.dumps({**stats, "fingerprint": "x"}))
+    assert gate.check_training_partition(package, newest).status == "changed"

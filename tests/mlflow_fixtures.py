@@ -19,7 +19,19 @@ from pathlib import Path
 
 import pytest
 
-PG_BIN = Path(os.environ.get("NCF_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def pg_bin() -> Path | None:
+    """PostgreSQL's server bin directory, of any version: $NCF_PG_BIN, else the newest /usr/lib/postgresql/<v>/bin
+    (Debian keeps initdb off PATH), else the directory of `initdb` on PATH: the places scripts/ensure_postgres.sh
+    accepts."""
+    if os.environ.get("NCF_PG_BIN"):
+        return Path(os.environ["NCF_PG_BIN"])
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                    key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    if debian:
+        return debian[-1].parent
+    on_path = shutil.which("initdb")
+    return Path(on_path).parent if on_path else None
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float = 15) -> None:
@@ -43,15 +55,21 @@ def _pg_runner() -> list[str]:
         return []
     runuser = shutil.which("runuser")
     if runuser is None:
-        pytest.skip("running as root and `runuser` is missing: cannot start PostgreSQL as a non-root user")
+        pytest.fail("running as root and `runuser` (util-linux) is missing: cannot start PostgreSQL as a non-root "
+                    "user", pytrace=False)
     return [runuser, "-u", "nobody", "--"]
 
 
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A throwaway PostgreSQL 15 cluster on 127.0.0.1 with an empty `mlflow` database; yields its SQLAlchemy URL."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL not installed ({PG_BIN}/initdb missing; `bash scripts/ensure_postgres.sh` installs it)")
+    """A throwaway PostgreSQL cluster on 127.0.0.1 with an empty `mlflow` database; yields its SQLAlchemy URL.
+
+    Fails (never skips) when PostgreSQL is missing or does not start: `make test` installs it, so either is a fault.
+    """
+    bin_dir = pg_bin()
+    if bin_dir is None or not (bin_dir / "initdb").exists():
+        pytest.fail(f"PostgreSQL server not found ({bin_dir or 'no initdb'}; set NCF_PG_BIN to its bin directory): "
+                    "`bash scripts/ensure_postgres.sh` installs it (`make test` runs that)", pytrace=False)
     runner = _pg_runner()
     root = Path(tempfile.mkdtemp(prefix="ncf-pg-"))
     if runner:
@@ -59,18 +77,20 @@ def postgres_url():
     data, port = root / "data", free_port()
     try:
         subprocess.run(
-            [*runner, str(PG_BIN / "initdb"), "-D", str(data), "--username=postgres", "--auth=trust",
+            [*runner, str(bin_dir / "initdb"), "-D", str(data), "--username=postgres", "--auth=trust",
              "-E", "UTF8", "--no-sync"],
             check=True, capture_output=True, text=True,
         )
         subprocess.run(
-            [*runner, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "start",
+            [*runner, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "start",
              "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"],
             check=True, capture_output=True, text=True,
         )
     except subprocess.CalledProcessError as exc:
+        log = root / "server.log"
+        detail = (exc.stderr or "").strip() + ("\n" + log.read_text()[-2000:] if log.exists() else "")
         shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"cannot start a PostgreSQL cluster: {exc.stderr.strip() or exc}")
+        pytest.fail(f"cannot start a PostgreSQL cluster with {bin_dir}: {detail or exc}", pytrace=False)
     try:
         import psycopg2
 
@@ -80,7 +100,7 @@ def postgres_url():
         conn.close()
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
     finally:
-        subprocess.run([*runner, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+        subprocess.run([*runner, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 

@@ -9,7 +9,6 @@ import copy
 import fnmatch
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
+from tests.manifests.validation import kubectl
 
 CI = yaml.safe_load((REPO_ROOT / ".gitlab-ci.yml").read_text())
 RESERVED = {"stages", "workflow", "variables", "default", "include", "image", "services", "cache", "before_script",
@@ -131,12 +131,10 @@ def test_images_job_builds_the_projects_images_at_its_version():
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl not on PATH")
     overlay = REPO_ROOT / "manifests" / "overlays" / _variables()["NCF_OVERLAY"]
     assert overlay.is_dir()
     path = tmp_path_factory.mktemp("deploy") / "rendered.yaml"
-    path.write_text(subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True,
+    path.write_text(subprocess.run([kubectl(), "kustomize", str(overlay)], capture_output=True, text=True,
                                    check=True).stdout)
     return path
 

@@ -11,10 +11,12 @@ import pytest
 from ncf import gate, registry
 from ncf.errors import UserError
 from tests.mlflow_fixtures import (  # noqa: F401  (fixtures)
+    assert_top_k,
     make_package,
     mlflow_server,
     oracle_model,
     postgres_url,
+    reference_ranking,
     s3_env,
 )
 from tests.tiny_data import make_partition, write_partition
@@ -90,8 +92,10 @@ def test_server_postgres_s3_register_gate_load(mlflow_server, moto_server, s3_bu
     root = f"s3://{s3_bucket}/ncf"
     partition = make_partition(uri=storage.partition_uri(root, "2026-11-27"))
     write_partition(partition, partition.uri)
-    first = make_package(f"{root}/models/run-1", partition, oracle_model(partition, 2.0))
-    second = make_package(f"{root}/models/run-2", partition, oracle_model(partition, 0.3, seed=1))
+    # Distinguishable packages (metrics, weights, rankings), so serving the wrong one cannot pass.
+    first = make_package(f"{root}/models/run-1", partition, oracle_model(partition, 2.0), metrics={"ndcg@10": 0.21})
+    second = make_package(f"{root}/models/run-2", partition, oracle_model(partition, 0.3, seed=1),
+                          metrics={"ndcg@10": 0.64})
 
     results = [gate.run(gate.GateConfig(model_uri=uri, partition_uri=partition.uri, tracking_uri=tracking_uri,
                                         model_name="ncf-pg", git_commit="abc123"))
@@ -105,9 +109,14 @@ def test_server_postgres_s3_register_gate_load(mlflow_server, moto_server, s3_bu
     # What a KServe storage initializer would download: the package under the S3 artifact root.
     package_uri = registry.package_artifact_uri(tracking_uri, "ncf-pg", str(champion.version))
     assert package_uri.startswith(f"s3://{mlflow_server[1]}/")
-    assert load_package(package_uri).metrics == load_package(second).metrics
+    served, wanted, other = load_package(package_uri), load_package(second), load_package(first)
+    assert served.metrics == wanted.metrics == {"ndcg@10": 0.64}
+    for key, value in served.model.state_dict().items():
+        assert np.array_equal(value.numpy(), wanted.model.state_dict()[key].numpy())
     out = _load_pyfunc(tracking_uri, "models:/ncf-pg@champion").predict(pd.DataFrame({"user_id": ["u3"]}))
-    assert len(out.loc[0, "item_ids"]) == 10 and not out.loc[0, "fallback"]
+    assert not out.loc[0, "fallback"]
+    assert_top_k(out.loc[0, "item_ids"], out.loc[0, "scores"], reference_ranking(wanted, "u3"), 10)
+    assert out.loc[0, "item_ids"] != reference_ranking(other, "u3")[0][:10]  # the first model would be told apart
 
 
 def test_version_links_to_the_training_run_in_the_same_store(tmp_path):

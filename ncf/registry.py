@@ -8,7 +8,7 @@
   `<root>/mlartifacts`); any tracking server URI (`http://...`, e.g. `mlflow server` on PostgreSQL + S3) works.
   A fresh sqlite store is created (MLflow's migrations) by one process at a time: a file lock next to the .db.
 - `gate_lock`: the gate's read champion -> score -> move alias runs one at a time per model name, for any store,
-  through MLflow's own API (docs/training.md, "Concurrent gates").
+  through MLflow's own API (docs/serving.md, "Concurrent gates").
 """
 
 from __future__ import annotations

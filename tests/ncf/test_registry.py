@@ -156,7 +156,7 @@ assert registry.alias_version(uri, "ncf", "champion") is None
 @pytest.mark.slow
 @pytest.mark.parametrize("attempt", range(3))
 def test_concurrent_first_use_of_a_fresh_sqlite_store(tmp_path, attempt):
-    """Four processes open the same not-yet-existing store at once (the failure: each ran MLflow's migrations, and
+    """Three processes open the same not-yet-existing store at once (the failure: each ran MLflow's migrations, and
     one crashed with an alembic error)."""
     import subprocess
     import sys
@@ -165,9 +165,9 @@ def test_concurrent_first_use_of_a_fresh_sqlite_store(tmp_path, attempt):
     uri = registry.default_tracking_uri(tmp_path / "root")
     go = tmp_path / "go"
     procs = [subprocess.Popen([sys.executable, "-c", _FIRST_USE, uri, str(tmp_path / f"ready-{i}"), str(go)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
     deadline = time.monotonic() + 120
-    while not all((tmp_path / f"ready-{i}").exists() for i in range(4)):
+    while not all((tmp_path / f"ready-{i}").exists() for i in range(3)):
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
         time.sleep(0.05)
     go.touch()
@@ -226,31 +226,54 @@ def test_gate_lock_timeout_names_the_holder(tmp_path):
         pass
 
 
+@pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.slow)])
+def lock_store(request, tmp_path):
+    """(tracking URI, a model name of its own): the embedded sqlite store, or `mlflow server` on PostgreSQL."""
+    import uuid
+
+    if request.param == "sqlite":
+        return registry.default_tracking_uri(tmp_path), "ncf"
+    return request.getfixturevalue("mlflow_server")[0], f"ncf-lock-{uuid.uuid4().hex[:8]}"
+
+
 _CRASHING_HOLDER = r"""
 import os, signal, sys
 from pathlib import Path
 from ncf import registry
-with registry.gate_lock(sys.argv[1], "ncf", lease_s=2.0):
-    Path(sys.argv[2]).touch()
+with registry.gate_lock(sys.argv[1], sys.argv[2], lease_s=2.0):
+    Path(sys.argv[3]).touch()
     os.kill(os.getpid(), signal.SIGKILL)  # dies holding the lock: no release, no more heartbeats
 """
 
 
-def test_a_crashed_holder_is_broken_after_its_lease(tmp_path, capfd):
+def test_a_crashed_holder_is_broken_after_its_lease(lock_store, tmp_path, capfd):
     import subprocess
     import sys
     import time
 
-    uri = registry.default_tracking_uri(tmp_path)
+    uri, name = lock_store
     held = tmp_path / "held"
-    proc = subprocess.run([sys.executable, "-c", _CRASHING_HOLDER, uri, str(held)], capture_output=True, timeout=120)
-    assert proc.returncode == -9 and held.exists()
+    proc = subprocess.run([sys.executable, "-c", _CRASHING_HOLDER, uri, name, str(held)], capture_output=True,
+                          timeout=120)
+    assert proc.returncode == -9 and held.exists(), proc.stderr[-2000:]
     started = time.monotonic()
-    with registry.gate_lock(uri, "ncf", timeout_s=60, poll_s=0.2) as lock:
-        waited = time.monotonic() - started
+    with registry.gate_lock(uri, name, timeout_s=60, poll_s=0.2) as lock:
         lock.check()
-    assert 1.0 < waited < 30
+    assert time.monotonic() - started < 30
     assert "breaking the lock of" in capfd.readouterr().err
+
+
+def test_heartbeats_keep_a_long_gate_alive(lock_store):
+    """A holder that keeps its lease alive is never broken, however long it holds the lock."""
+    import time
+
+    uri, name = lock_store
+    with registry.gate_lock(uri, name, lease_s=1.5) as holder:
+        time.sleep(3.5)  # more than two leases; a heartbeat every 0.25 s
+        with pytest.raises(UserError, match="still holds the gate"):
+            with registry.gate_lock(uri, name, timeout_s=2.0, poll_s=0.1):
+                pass
+        holder.check()
 
 
 def test_a_holder_whose_lease_ran_out_cannot_act(tmp_path):

@@ -34,7 +34,7 @@ demo-stop: setup
 	  state.exists() and stop_local_server(int(json.loads(state.read_text())["pid"]))'
 
 test: setup java
-	bash scripts/ensure_postgres.sh
+	bash scripts/ensure_postgres.sh && bash scripts/ensure_kubectl.sh $(PY)
 	$(PY) -m pytest -q --timeout=900
 
 test-fast: setup java

@@ -10,6 +10,10 @@
    on `gate_metric` and clears the absolute `floor`; the first model needs only the floor. Optionally the gain
    must be significant under a paired bootstrap over users.
 4. Tag the version with the decision and both scores; write gate.json + gate.html under `report_uri`.
+
+Steps 2-4 (reading the champion, scoring, moving the aliases) hold the model's gate lock (`registry.gate_lock`):
+gates of one model run one at a time, so a second gate scores against the champion the first one set. Each
+package's training partition is checked against the fingerprint the package recorded (`training_partitions`).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class GateConfig:
     run_date: str = param("", "lineage: the data's run date (default: from the partition's stats.json)")
     pipeline_run_id: str = param("", "lineage: the pipeline run that produced the model")
     git_commit: str = param("", "lineage: the code commit (default: `git rev-parse HEAD` when available)")
+    lock_timeout_s: float = param(900.0, "how long to wait for another gate of the same model to finish")
 
 
 @dataclasses.dataclass
@@ -64,6 +69,16 @@ class Decision:
     reason: str
     delta: float | None = None
     p_value: float | None = None
+
+
+@dataclasses.dataclass
+class PartitionCheck:
+    """A package's training partition now vs. the fingerprint the package recorded when it was trained."""
+    status: str  # "unchanged", "changed" (re-run under the package, e.g. --overwrite) or "unknown"
+    partition_uri: str
+    recorded: str | None  # package config.json `partition_fingerprint`
+    current: str | None  # the partition's stats.json `fingerprint` now
+    detail: str
 
 
 @dataclasses.dataclass
@@ -83,6 +98,8 @@ class GateResult:
     champion_metrics: dict[str, float] | None
     challenger_coverage: Coverage
     champion_coverage: Coverage | None
+    # "challenger" / "champion" -> whether its training partition still holds the data it was trained on
+    training_partitions: dict[str, PartitionCheck] = dataclasses.field(default_factory=dict)
 
 
 def parse_metric(name: str) -> tuple[bool, str, int]:
@@ -310,6 +327,7 @@ def _render_html(report: dict[str, Any]) -> str:
 
     coverages = coverage(f"challenger v{report['version']}", report["challenger_coverage"]) + coverage(
         f"champion {champion}", report.get("champion_coverage"))
+    partitions = report.get("training_partitions", {}).items()
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Gate: {html.escape(report['model_name'])}
 v{report['version']}</title><style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 12px;
 border-bottom:1px solid #ddd;text-align:right}}td:first-child,th:first-child{{text-align:left}}</style></head><body>
@@ -319,9 +337,36 @@ border-bottom:1px solid #ddd;text-align:right}}td:first-child,th:first-child{{te
 scored on {report['num_users']} test users of <code>{html.escape(report['partition_uri'])}</code>.
 Champion before the gate: {champion}.</p>
 <ul>{coverages}</ul>
+<p>Training partitions: {html.escape("; ".join(f"{r} {c['status']}: {c['detail']}" for r, c in partitions))}</p>
 <table><tr><th>metric</th><th>challenger v{report['version']}</th><th>champion {champion}</th></tr>{rows}</table>
 <p><small>{html.escape(report['decided_at'])}</small></p></body></html>
 """
+
+
+def check_training_partition(package, scored) -> PartitionCheck:
+    """Compare the fingerprint `package` recorded with its training partition's current one (`scored`: the
+    partition the gate scores on, already loaded). Old packages / partitions without fingerprints: "unknown"."""
+    uri = str(package.config.get("partition_uri") or "")
+    recorded = package.config.get("partition_fingerprint")
+    if not uri:
+        return PartitionCheck("unknown", uri, recorded, None, "the package does not name its training partition")
+    if storage.join(uri).rstrip("/") == storage.join(scored.uri).rstrip("/"):
+        current = scored.stats.get("fingerprint")
+    elif not storage.is_complete(uri):
+        return PartitionCheck("unknown", uri, recorded, None, "its training partition is gone or incomplete")
+    else:
+        try:
+            current = storage.read_json(storage.join(uri, "stats.json")).get("fingerprint")
+        except UserError as exc:
+            return PartitionCheck("unknown", uri, recorded, None, f"cannot read its stats.json ({exc})")
+    if recorded is None or current is None:
+        missing = "the package (trained before fingerprints)" if recorded is None else "the partition's stats.json"
+        return PartitionCheck("unknown", uri, recorded, current, f"no fingerprint in {missing}")
+    if str(recorded) == str(current):
+        return PartitionCheck("unchanged", uri, recorded, current, "the data it was trained on")
+    return PartitionCheck("changed", uri, recorded, current,
+                          f"{uri} was rewritten after the model was trained (fingerprint {recorded} then, "
+                          f"{current} now): it is scored on data it never saw")
 
 
 def run(config: GateConfig) -> GateResult:
@@ -341,6 +386,13 @@ def run(config: GateConfig) -> GateResult:
     if not partition_uri:
         raise UserError(f"{config.model_uri}: no partition_uri in config.json; pass --partition-uri")
     partition = load_partition(partition_uri)
+    with registry.gate_lock(tracking_uri, config.model_name, timeout_s=config.lock_timeout_s) as lock:
+        return _gate_locked(config, lock, tracking_uri, root, challenger, partition)
+
+
+def _gate_locked(config: GateConfig, lock, tracking_uri: str, root, challenger, partition) -> GateResult:
+    """Read the champion, score both, decide, register, move the aliases: all under the model's gate lock."""
+    from ncf.package import load_package
 
     previous = registry.alias_version(tracking_uri, config.model_name, registry.CHAMPION)
     packages = [challenger]
@@ -357,6 +409,10 @@ def run(config: GateConfig) -> GateResult:
         min_delta=config.min_delta, floor=config.floor, challenger_per_user=chall.per_user,
         champion_per_user=champ.per_user if champ else None, bootstrap_samples=config.bootstrap_samples,
         significance=config.significance, seed=config.seed)
+    checks = {role: check_training_partition(package, partition)
+              for role, package in zip(("challenger", "champion"), packages, strict=False)}
+    reason = "; ".join([decision.reason] + [f"{role}'s training partition changed: {check.detail}"
+                                            for role, check in checks.items() if check.status == "changed"])
 
     champion_score = champ.metrics[config.gate_metric] if champ else None
     tags = registry.lineage_tags(
@@ -367,9 +423,10 @@ def run(config: GateConfig) -> GateResult:
         "gate": "passed" if decision.promoted else "rejected",
         "gate.metric": config.gate_metric,
         "gate.challenger_score": f"{chall.metrics[config.gate_metric]:.6f}",
-        "gate.reason": decision.reason,
+        "gate.reason": reason,
         "gate.num_users": str(num_users),
         "gate.challenger_native_rows": str(chall.coverage.native),
+        **{f"gate.{role}_partition": check.status for role, check in checks.items()},
     })
     if previous is not None:
         tags.update({"gate.champion_score": f"{champion_score:.6f}", "gate.champion_version": str(previous.version),
@@ -380,6 +437,7 @@ def run(config: GateConfig) -> GateResult:
         config.model_uri, tracking_uri=tracking_uri, model_name=config.model_name, experiment=config.experiment,
         tags=tags, metrics=chall.metrics, params=challenger.config.get("hyperparameters"),
         train_run_id=str(challenger.config.get("mlflow_run_id", "")))
+    lock.check()  # still the only gate of this model: the champion read above is still the champion
     registry.set_alias(tracking_uri, config.model_name, registry.CHALLENGER, version.version)
     if decision.promoted:
         registry.set_alias(tracking_uri, config.model_name, registry.CHAMPION, version.version)
@@ -389,9 +447,10 @@ def run(config: GateConfig) -> GateResult:
         promoted=decision.promoted, model_name=config.model_name, version=version.version,
         gate_metric=config.gate_metric, challenger_score=chall.metrics[config.gate_metric],
         champion_score=champion_score, champion_version=None if previous is None else str(previous.version),
-        reason=decision.reason, p_value=decision.p_value, num_users=num_users, report_uri=str(report_uri),
+        reason=reason, p_value=decision.p_value, num_users=num_users, report_uri=str(report_uri),
         challenger_metrics=chall.metrics, champion_metrics=champ.metrics if champ else None,
-        challenger_coverage=chall.coverage, champion_coverage=champ.coverage if champ else None)
+        challenger_coverage=chall.coverage, champion_coverage=champ.coverage if champ else None,
+        training_partitions=checks)
     report = {**dataclasses.asdict(result), "min_delta": config.min_delta, "floor": config.floor,
               "partition_uri": partition.uri, "model_uri": config.model_uri, "tracking_uri": tracking_uri,
               "decided_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}

@@ -6,6 +6,9 @@
 - Aliases, not stages: `champion` is what serving uses, `challenger` the latest candidate.
 - Stores: a sqlite file + a local artifact directory by default (`sqlite:///<root>/mlflow.db`, artifacts in
   `<root>/mlartifacts`); any tracking server URI (`http://...`, e.g. `mlflow server` on PostgreSQL + S3) works.
+  A fresh sqlite store is created (MLflow's migrations) by one process at a time: a file lock next to the .db.
+- `gate_lock`: the gate's read champion -> score -> move alias runs one at a time per model name, for any store,
+  through MLflow's own API (docs/serving.md, "Concurrent gates").
 """
 
 from __future__ import annotations
@@ -14,8 +17,13 @@ import contextlib
 import dataclasses
 import json
 import os
+import random
 import shutil
+import socket
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +42,9 @@ PACKAGE_ARTIFACT = "package"
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 # What a fresh environment needs to load the pyfunc; versions pinned to the ones it was logged with.
 _REQUIREMENTS = ("torch", "numpy", "pandas", "safetensors", "mlflow", "boto3")
+# Per-process: sqlite stores whose tables this process has seen created (or created itself, under the file lock).
+_READY_SQLITE: set[Path] = set()
+_SQLITE_INIT_TIMEOUT_S = 300.0
 
 
 def default_tracking_uri(storage_root: str | os.PathLike) -> str:
@@ -58,13 +69,53 @@ def _sqlite_path(tracking_uri: str) -> Path | None:
     return Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
 
 
+def _sqlite_store_is_current(db: Path) -> bool:
+    """The store exists and MLflow's migrations have all run (its alembic revision is this MLflow's head)."""
+    import sqlite3
+
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    if not db.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=20)) as conn:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:  # no such table yet, or being created
+        return False
+    return row is not None and row[0] == _get_latest_schema_revision()
+
+
+def _ensure_sqlite_store(tracking_uri: str, db: Path) -> None:
+    """Create (or migrate) a sqlite store in one process only: MLflow runs its alembic migrations in every process
+    that finds tables missing, and two at once crash one another. A file lock next to the .db serialises that;
+    a current store is used without it."""
+    from filelock import FileLock, Timeout
+    from mlflow import MlflowClient
+
+    db = db.resolve()
+    if db in _READY_SQLITE:
+        return
+    if not _sqlite_store_is_current(db):
+        db.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(f"{db}.init-lock", timeout=_SQLITE_INIT_TIMEOUT_S):
+                # Each store (tracking, registry) creates its tables on first use: touch both under the lock.
+                fresh = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+                fresh.search_experiments(max_results=1)
+                fresh.search_registered_models(max_results=1)
+        except Timeout:
+            raise UserError(f"{db}: another process has been creating this MLflow store for over "
+                            f"{_SQLITE_INIT_TIMEOUT_S:.0f}s (lock {db}.init-lock); retry when it is done") from None
+    _READY_SQLITE.add(db)
+
+
 def client(tracking_uri: str):
     """An MlflowClient for `tracking_uri` (the tracking and registry store are the same)."""
     from mlflow import MlflowClient
 
     db = _sqlite_path(tracking_uri)
     if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
+        _ensure_sqlite_store(tracking_uri, db)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
@@ -79,6 +130,9 @@ def active_store(tracking_uri: str) -> Iterator[None]:
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
+    db = _sqlite_path(tracking_uri)
+    if db is not None:
+        _ensure_sqlite_store(tracking_uri, db)
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     saved_env = {name: os.environ.get(name) for name in names}
     saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
@@ -96,15 +150,43 @@ def active_store(tracking_uri: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _error_code(exc: BaseException) -> str:
+    return str(getattr(exc, "error_code", ""))
+
+
 def ensure_experiment(tracking_uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
     """The experiment's id, creating it; embedded stores keep artifacts next to the database, not in ./mlruns."""
+    import mlflow
+
     mlflow_client = client(tracking_uri)
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     db = _sqlite_path(tracking_uri)
     location = (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
-    return mlflow_client.create_experiment(name, artifact_location=location)
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException as exc:  # another process created it in between
+        if _error_code(exc) != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+def _ensure_registered_model(mlflow_client, name: str, description: str) -> None:
+    """Create the registered model unless it exists; a concurrent creator winning the race is fine."""
+    import mlflow
+
+    try:
+        mlflow_client.get_registered_model(name)
+        return
+    except mlflow.exceptions.MlflowException as exc:
+        if _error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    try:
+        mlflow_client.create_registered_model(name, description=description)
+    except mlflow.exceptions.MlflowException as exc:
+        if _error_code(exc) != "RESOURCE_ALREADY_EXISTS":
+            raise
 
 
 class NCFPythonModel(mlflow.pyfunc.PythonModel):
@@ -237,10 +319,7 @@ def register_package(package_uri: str, *, tracking_uri: str, model_name: str = D
                 input_example=(pd.DataFrame({"user_id": [str(first_user)], "k": [10]}), {"exclude_seen": True}),
                 pip_requirements=pip_requirements(),
             )
-    try:
-        mlflow_client.get_registered_model(model_name)
-    except mlflow.exceptions.MlflowException:
-        mlflow_client.create_registered_model(model_name, description="NCF top-K recommender (model packages)")
+    _ensure_registered_model(mlflow_client, model_name, "NCF top-K recommender (model packages)")
     with active_store(tracking_uri):  # the embedded store resolves the `models:/m-...` source through the globals
         version = mlflow_client.create_model_version(model_name, source=info.model_uri, run_id=run.info.run_id,
                                                      tags=tags or {}, model_id=info.model_id)
@@ -302,3 +381,169 @@ def download_package(tracking_uri: str, model_name: str, version: str, dest: str
     except Exception as exc:  # MLflow raises store-specific errors (file, S3, HTTP)
         raise UserError(f"{model_name} v{version}: cannot download its package from {uri} ({exc})") from exc
     return Path(local)
+
+
+# ---- the gate lock: one gate at a time per model name, on any MLflow store ----------------------------------
+
+GATE_LOCK_SUFFIX = ".gate-lock"
+GATE_LOCK_LEASE_S = 60.0  # a ticket whose holder has not heartbeaten for this long is broken by the next gate
+_LOCK_SOURCE = "ncf-gate-lock:/ticket"  # a model version source is required; tickets hold no model
+
+
+def gate_lock_name(model_name: str) -> str:
+    return model_name + GATE_LOCK_SUFFIX
+
+
+def _transient(call, *, attempts: int = 8):
+    """`call()`, retried while the store reports a transient failure: sqlite "database is locked" after its 20 s
+    busy timeout (TEMPORARILY_UNAVAILABLE), or a lost version-number race ("Giving up after 3 attempts")."""
+    import mlflow
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except mlflow.exceptions.MlflowException as exc:
+            if _error_code(exc) not in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR") or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * 2 ** attempt * random.uniform(0.5, 1.5))
+
+
+def _lease_ms(ticket) -> float:
+    """The lease its holder declared (tag `lease_s`); the default for tickets without one."""
+    try:
+        return float(ticket.tags.get("lease_s", GATE_LOCK_LEASE_S)) * 1000
+    except ValueError:
+        return GATE_LOCK_LEASE_S * 1000
+
+
+class GateLock:
+    """A ticket in the queue of `<model>.gate-lock`, kept alive by a heartbeat thread (see `gate_lock`)."""
+
+    def __init__(self, mlflow_client, model_name: str, ticket, lease_s: float):
+        self.client, self.model_name, self.lease_s = mlflow_client, model_name, lease_s
+        self.lock_name = gate_lock_name(model_name)
+        self.version = int(ticket.version)
+        self.holder = ticket.tags.get("holder", "")
+        # Lease ages are measured on the store's clock (it stamps last_updated_timestamp), never on ours.
+        self._store_ms, self._beat_at = ticket.last_updated_timestamp, time.monotonic()
+        self.lost = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeats, name=f"{self.lock_name}-heartbeat", daemon=True)
+        self._thread.start()
+
+    def store_now_ms(self) -> float:
+        return self._store_ms + (time.monotonic() - self._beat_at) * 1000
+
+    def _heartbeats(self) -> None:
+        import mlflow
+
+        beats = 0
+        while not self._stop.wait(self.lease_s / 6):
+            beats += 1
+            try:
+                ticket = self.client.update_model_version(self.lock_name, str(self.version),
+                                                          description=f"{self.holder}: heartbeat {beats}")
+            except mlflow.exceptions.MlflowException as exc:
+                if _error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
+                    self.lost = "its ticket was deleted by another gate that found its lease expired"
+                    return
+                continue  # transient: the next beat retries; check() refuses once the lease has run out
+            self._store_ms, self._beat_at = ticket.last_updated_timestamp, time.monotonic()
+
+    def check(self) -> None:
+        """Raise unless this process still holds the lock: call it right before acting on what was read under it."""
+        import mlflow
+
+        stale_s = time.monotonic() - self._beat_at
+        if not self.lost and stale_s > self.lease_s:
+            self.lost = f"no heartbeat reached the store for {stale_s:.0f}s (lease {self.lease_s:g}s)"
+        if not self.lost:
+            try:
+                self.client.get_model_version(self.lock_name, str(self.version))
+            except mlflow.exceptions.MlflowException as exc:
+                if _error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                self.lost = "its ticket was deleted by another gate that found its lease expired"
+        if self.lost:
+            raise UserError(f"{self.lock_name}: this gate ({self.holder}, ticket {self.version}) lost the lock: "
+                            f"{self.lost}; nothing was moved, re-run the gate")
+
+    def _live_tickets(self) -> list:
+        found = _transient(lambda: self.client.search_model_versions(f"name='{self.lock_name}'"))
+        return sorted(found, key=lambda t: int(t.version))
+
+    def wait_turn(self, timeout_s: float, poll_s: float) -> None:
+        """Block until every ticket ahead of ours is gone or expired (expired ones are deleted: broken)."""
+        import mlflow
+
+        deadline, announced = time.monotonic() + timeout_s, False
+        while True:
+            tickets = self._live_tickets()
+            if self.version not in {int(t.version) for t in tickets}:
+                self.lost = "its ticket was deleted by another gate while it waited"
+                self.check()
+            ahead = [t for t in tickets if int(t.version) < self.version]
+            now = self.store_now_ms()
+            for stale in [t for t in ahead if now - t.last_updated_timestamp > _lease_ms(t)]:
+                print(f"{self.lock_name}: breaking the lock of {stale.tags.get('holder', '?')} (ticket "
+                      f"{stale.version}): no heartbeat for {(now - stale.last_updated_timestamp) / 1000:.0f}s",
+                      file=sys.stderr, flush=True)
+                with contextlib.suppress(mlflow.exceptions.MlflowException):  # another waiter broke it first
+                    _transient(lambda v=stale.version: self.client.delete_model_version(self.lock_name, v))
+                ahead.remove(stale)
+            if not ahead:
+                return
+            holder = ahead[0]
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"{self.lock_name}: another gate ({holder.tags.get('holder', '?')}, ticket {holder.version}, "
+                    f"last heartbeat {(now - holder.last_updated_timestamp) / 1000:.0f}s ago) still holds the gate "
+                    f"of {self.model_name!r} after {timeout_s:.0f}s; gates of one model run one at a time. Retry "
+                    f"when it is done, or wait longer with --lock-timeout-s")
+            if not announced:
+                print(f"{self.lock_name}: waiting for the gate of {holder.tags.get('holder', '?')} (ticket "
+                      f"{holder.version}, {len(ahead)} ahead) to finish", file=sys.stderr, flush=True)
+                announced = True
+            time.sleep(poll_s * random.uniform(0.5, 1.5))
+
+    def release(self) -> None:
+        import mlflow
+
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # already broken: nothing to release
+            _transient(lambda: self.client.delete_model_version(self.lock_name, str(self.version)))
+
+
+@contextlib.contextmanager
+def gate_lock(tracking_uri: str, model_name: str, *, timeout_s: float = 900.0,
+              lease_s: float = GATE_LOCK_LEASE_S, poll_s: float = 1.0) -> Iterator[GateLock]:
+    """Hold the gate of `model_name` for a block: gates of one model run one at a time, across processes and hosts.
+
+    A mutex from MLflow's own API, so it works on every store (sqlite, `mlflow server` over HTTP, ...): each gate
+    takes a ticket, a new version of the registered model `<model>.gate-lock`. The store numbers versions
+    uniquely and in order, so the oldest live ticket holds the lock and the others queue behind it (first come,
+    first served). A heartbeat thread refreshes the ticket every lease/6; a ticket not refreshed for `lease_s`
+    (its holder crashed or hung) is deleted by the next waiter, which `GateLock.check()` then reports to its
+    holder. Waiting past `timeout_s` raises a UserError naming the holder. Released (ticket deleted) on exit.
+    """
+    import mlflow
+
+    if timeout_s < 0 or lease_s <= 0:
+        raise UserError(f"gate lock: timeout must be >= 0 and lease > 0 (got {timeout_s}, {lease_s})")
+    mlflow_client = client(tracking_uri)
+    lock_name = gate_lock_name(model_name)
+    _transient(lambda: _ensure_registered_model(
+        mlflow_client, lock_name, f"Gate lock of {model_name!r}: each version is a gate's ticket (ncf.registry)"))
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        ticket = _transient(lambda: mlflow_client.create_model_version(
+            lock_name, _LOCK_SOURCE, tags={"holder": holder, "model": model_name, "lease_s": f"{lease_s:g}"}, description=f"{holder}: taken"))
+    except mlflow.exceptions.MlflowException as exc:
+        raise UserError(f"{lock_name}: cannot take a gate ticket in {tracking_uri} ({exc.message})") from exc
+    lock = GateLock(mlflow_client, model_name, ticket, lease_s)
+    try:
+        lock.wait_turn(timeout_s, poll_s)
+        yield lock
+    finally:
+        lock.release()

@@ -208,19 +208,30 @@ def _publish_s3(src: Path, dest: str) -> None:
     client = s3_client()
     files = sorted(p for p in src.rglob("*") if p.is_file() and p.name != SUCCESS)
     staging = f"_staging/{key}-{uuid.uuid4().hex[:8]}"
-    for path in files:
-        client.upload_file(str(path), bucket, f"{staging}/{path.relative_to(src).as_posix()}")
-    client.delete_object(Bucket=bucket, Key=f"{key}/{SUCCESS}")
-    wanted = set()
-    for path in files:
-        rel = path.relative_to(src).as_posix()
-        wanted.add(f"{key}/{rel}")
-        client.copy_object(Bucket=bucket, Key=f"{key}/{rel}", CopySource={"Bucket": bucket, "Key": f"{staging}/{rel}"})
-    for stale in set(_list_keys(bucket, key + "/")) - wanted:
-        client.delete_object(Bucket=bucket, Key=stale)
-    client.put_object(Bucket=bucket, Key=f"{key}/{SUCCESS}", Body=b"")
-    for k in _list_keys(bucket, staging + "/"):
-        client.delete_object(Bucket=bucket, Key=k)
+
+    def drop_staging() -> None:
+        """Best effort, a second pass for what the first left: staging is invisible to readers either way."""
+        for _ in range(2):
+            with contextlib.suppress(Exception):
+                for k in _list_keys(bucket, staging + "/"):
+                    with contextlib.suppress(Exception):
+                        client.delete_object(Bucket=bucket, Key=k)
+
+    try:
+        for path in files:
+            client.upload_file(str(path), bucket, f"{staging}/{path.relative_to(src).as_posix()}")
+        client.delete_object(Bucket=bucket, Key=f"{key}/{SUCCESS}")
+        wanted = set()
+        for path in files:
+            rel = path.relative_to(src).as_posix()
+            wanted.add(f"{key}/{rel}")
+            client.copy_object(Bucket=bucket, Key=f"{key}/{rel}",
+                               CopySource={"Bucket": bucket, "Key": f"{staging}/{rel}"})
+        for stale in set(_list_keys(bucket, key + "/")) - wanted:
+            client.delete_object(Bucket=bucket, Key=stale)
+        client.put_object(Bucket=bucket, Key=f"{key}/{SUCCESS}", Body=b"")
+    finally:
+        drop_staging()
 
 
 def publish_dir(src: str | os.PathLike, dest: str | os.PathLike) -> None:

@@ -19,7 +19,19 @@ from pathlib import Path
 
 import pytest
 
-PG_BIN = Path(os.environ.get("NCF_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def pg_bin() -> Path | None:
+    """PostgreSQL's server bin directory, of any version: $NCF_PG_BIN, else the newest /usr/lib/postgresql/<v>/bin
+    (Debian keeps initdb off PATH), else the directory of `initdb` on PATH: the places scripts/ensure_postgres.sh
+    accepts."""
+    if os.environ.get("NCF_PG_BIN"):
+        return Path(os.environ["NCF_PG_BIN"])
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                    key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    if debian:
+        return debian[-1].parent
+    on_path = shutil.which("initdb")
+    return Path(on_path).parent if on_path else None
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float = 15) -> None:
@@ -43,15 +55,21 @@ def _pg_runner() -> list[str]:
         return []
     runuser = shutil.which("runuser")
     if runuser is None:
-        pytest.skip("running as root and `runuser` is missing: cannot start PostgreSQL as a non-root user")
+        pytest.fail("running as root and `runuser` (util-linux) is missing: cannot start PostgreSQL as a non-root "
+                    "user", pytrace=False)
     return [runuser, "-u", "nobody", "--"]
 
 
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A throwaway PostgreSQL 15 cluster on 127.0.0.1 with an empty `mlflow` database; yields its SQLAlchemy URL."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL not installed ({PG_BIN}/initdb missing; `bash scripts/ensure_postgres.sh` installs it)")
+    """A throwaway PostgreSQL cluster on 127.0.0.1 with an empty `mlflow` database; yields its SQLAlchemy URL.
+
+    Fails (never skips) when PostgreSQL is missing or does not start: `make test` installs it, so either is a fault.
+    """
+    bin_dir = pg_bin()
+    if bin_dir is None or not (bin_dir / "initdb").exists():
+        pytest.fail(f"PostgreSQL server not found ({bin_dir or 'no initdb'}; set NCF_PG_BIN to its bin directory): "
+                    "`bash scripts/ensure_postgres.sh` installs it (`make test` runs that)", pytrace=False)
     runner = _pg_runner()
     root = Path(tempfile.mkdtemp(prefix="ncf-pg-"))
     if runner:
@@ -59,18 +77,20 @@ def postgres_url():
     data, port = root / "data", free_port()
     try:
         subprocess.run(
-            [*runner, str(PG_BIN / "initdb"), "-D", str(data), "--username=postgres", "--auth=trust",
+            [*runner, str(bin_dir / "initdb"), "-D", str(data), "--username=postgres", "--auth=trust",
              "-E", "UTF8", "--no-sync"],
             check=True, capture_output=True, text=True,
         )
         subprocess.run(
-            [*runner, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "start",
+            [*runner, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "start",
              "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"],
             check=True, capture_output=True, text=True,
         )
     except subprocess.CalledProcessError as exc:
+        log = root / "server.log"
+        detail = (exc.stderr or "").strip() + ("\n" + log.read_text()[-2000:] if log.exists() else "")
         shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"cannot start a PostgreSQL cluster: {exc.stderr.strip() or exc}")
+        pytest.fail(f"cannot start a PostgreSQL cluster with {bin_dir}: {detail or exc}", pytrace=False)
     try:
         import psycopg2
 
@@ -80,7 +100,7 @@ def postgres_url():
         conn.close()
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
     finally:
-        subprocess.run([*runner, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+        subprocess.run([*runner, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
@@ -167,10 +187,118 @@ def oracle_model(partition, noise: float, seed: int = 0):
     return model.eval()
 
 
-def make_package(uri: str, partition, model, metrics: dict | None = None, hyperparameters: dict | None = None) -> str:
-    """A real model package (ncf.package.save_package) for `model` trained on `partition`."""
+def make_package(uri: str, partition, model, metrics: dict | None = None, hyperparameters: dict | None = None,
+                 extra: dict | None = None) -> str:
+    """A real model package (ncf.package.save_package) for `model` trained on `partition` (`extra`: more
+    config.json fields, e.g. `partition_fingerprint`)."""
     from ncf.package import package_tables, save_package
 
     return save_package(uri, model, **package_tables(partition), metrics=metrics or {"ndcg@10": 0.0},
                         hyperparameters=hyperparameters or {"epochs": 1, "lr": 0.001, "factor_num": 32},
-                        extra={"partition_uri": partition.uri})
+                        extra={"partition_uri": partition.uri, **(extra or {})})
+
+
+# ---- concurrent gates: one process each, released at once, and the never-worse check over what they did ----------
+
+_GATE_PROCESS = r"""
+import json, sys, time
+from pathlib import Path
+from ncf import gate
+config = gate.GateConfig(**json.loads(sys.argv[1]))
+Path(sys.argv[2]).touch()  # imports done: ready
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.01)
+started = time.time()
+r = gate.run(config)
+print(json.dumps({"version": r.version, "promoted": r.promoted, "score": r.challenger_score,
+                  "champion_version": r.champion_version, "champion_score": r.champion_score,
+                  "started": started, "finished": time.time()}))
+"""
+
+
+def run_concurrent_gates(configs: list[dict], workdir: Path, env: dict | None = None,
+                         timeout: float = 600) -> list[dict]:
+    """Run `gate.run(GateConfig(**config))` for each config in its own process, all released at the same instant
+    (after their imports); return each gate's result (plus its `model_uri` and stderr `log`). Any failed gate fails
+    the test, and so do gates that were not all running at once."""
+    import json
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    go = workdir / "go"
+    procs = []
+    for i, config in enumerate(configs):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", _GATE_PROCESS, json.dumps(config), str(workdir / f"ready-{i}"), str(go)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    deadline = time.monotonic() + timeout
+    try:
+        while not all((workdir / f"ready-{i}").exists() for i in range(len(procs))):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [
+                p.communicate()[1][-3000:] for p in procs if p.poll() is not None]
+            time.sleep(0.05)
+        go.touch()
+        outputs = [p.communicate(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    results = []
+    for proc, config, (out, err) in zip(procs, configs, outputs, strict=True):
+        assert proc.returncode == 0, f"gate of {config['model_uri']} failed ({proc.returncode}):\n{err[-3000:]}"
+        results.append({**json.loads(out.strip().splitlines()[-1]), "model_uri": config["model_uri"], "log": err})
+    assert max(r["started"] for r in results) < min(r["finished"] for r in results), "the gates did not overlap"
+    return results
+
+
+def assert_gates_serialised(results: list[dict], champion_before: tuple[str, float], champion_now) -> None:
+    """The never-worse property over gates that ran at once: in the order they registered their versions (the order
+    they held the gate lock), each compared against the champion the previous one left, promoted only a strictly
+    better model, and the champion left at the end is the best model seen."""
+    version, score = champion_before
+    for result in sorted(results, key=lambda r: int(r["version"])):
+        assert result["champion_version"] == version, (
+            f"v{result['version']} was compared against v{result['champion_version']}, but the champion at its turn "
+            f"was v{version}: two gates read the same champion")
+        assert result["champion_score"] == score
+        if result["promoted"]:
+            assert result["score"] > score
+            version, score = result["version"], result["score"]
+        else:
+            assert result["score"] <= score
+    assert score == max([champion_before[1], *(r["score"] for r in results)])
+    assert str(champion_now.version) == version
+
+
+def reference_ranking(package, user_id: str, exclude_seen: bool = True, candidates: list[str] | None = None):
+    """A known user's full ranking computed without the serving code: the model's plain forward pass over every
+    item (or the candidates), the user's training items dropped, argsort. Returns (item ids, scores), best first."""
+    import numpy as np
+    import torch
+
+    user = package.user_ids.index(user_id)
+    items = np.arange(len(package.item_ids)) if candidates is None else np.asarray(
+        [package.item_ids.index(c) for c in candidates])
+    with torch.no_grad():
+        scores = package.model(torch.full((len(items),), user, dtype=torch.long),
+                               torch.as_tensor(items, dtype=torch.long)).double().numpy()
+    if exclude_seen:
+        keep = ~np.isin(items, package.seen_indices[package.seen_indptr[user]:package.seen_indptr[user + 1]])
+        items, scores = items[keep], scores[keep]
+    order = np.argsort(-scores, kind="stable")
+    return [package.item_ids[i] for i in items[order]], scores[order]
+
+
+def assert_top_k(item_ids: list[str], scores: list[float], reference, k: int, tol: float = 1e-4) -> None:
+    """`item_ids` / `scores` are the k best of `reference_ranking`: the same scores, best first, nothing ranked
+    higher left out (the exact order too, unless two of the scores are within `tol`)."""
+    import numpy as np
+
+    ref_ids, ref_scores = reference
+    want = min(k, len(ref_ids))
+    by_id = dict(zip(ref_ids, ref_scores, strict=True))
+    assert len(item_ids) == want and set(item_ids) <= set(by_id), "an excluded or unknown item was returned"
+    np.testing.assert_allclose(scores, [by_id[i] for i in item_ids], rtol=tol, atol=tol)
+    assert list(scores) == sorted(scores, reverse=True)
+    assert min(by_id[i] for i in item_ids) >= ref_scores[want - 1] - tol, "a better item was left out"
+    if want == 1 or np.min(-np.diff(ref_scores[:want + 1])) > tol:
+        assert list(item_ids) == ref_ids[:want]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.manifests.validation import MANIFESTS, build, kubectl
+from tests.manifests.validation import MANIFESTS, build
 
 DOC = REPO_ROOT / "docs" / "cluster.md"
 TEXT = DOC.read_text()
@@ -57,7 +57,6 @@ def test_make_targets_and_ncfctl_flags_in_the_guide_exist():
             assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", helps[sub]), f"ncfctl {sub}: no {flag}"
 
 
-@pytest.mark.skipif(kubectl() is None, reason="kubectl (with built-in kustomize) is not on PATH")
 def test_objects_the_guide_waits_for_are_rendered_by_the_overlays():
     rendered = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
                 for overlay in ("local", "aws") for o in build(MANIFESTS / "overlays" / overlay)}

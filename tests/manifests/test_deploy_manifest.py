@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 
-from tests.manifests.validation import MANIFESTS, SCHEMAS_DIR, build, crd_kinds_known, kubectl, validate
+from tests.manifests.validation import MANIFESTS, SCHEMAS_DIR, build, crd_kinds_known, validate
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("serving.deploy") is None, reason="serving/deploy.py not there yet"),
-    pytest.mark.skipif(kubectl() is None, reason="kubectl (with built-in kustomize) is not on PATH"),
 ]
 
 PACKAGE = "s3://ncf-platform-example/mlflow/1/0123456789abcdef/artifacts/package"

@@ -27,12 +27,9 @@ from tests.manifests.validation import (
     crd_kinds_known,
     describe,
     is_custom_resource,
-    kubectl,
     kustomization_dirs,
     validate,
 )
-
-pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl (with built-in kustomize) is not on PATH")
 
 DIRS = kustomization_dirs()
 OVERLAYS = {"local": MANIFESTS / "overlays" / "local", "aws": MANIFESTS / "overlays" / "aws"}

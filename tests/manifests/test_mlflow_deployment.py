@@ -18,11 +18,10 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.manifests.validation import MANIFESTS, build, kubectl
+from tests.manifests.validation import MANIFESTS, build
 from tests.mlflow_fixtures import free_port, postgres_url, stop_process_group  # noqa: F401
 
 pytestmark = [
-    pytest.mark.skipif(kubectl() is None, reason="kubectl (with built-in kustomize) is not on PATH"),
     pytest.mark.slow,  # schema migrations on PostgreSQL + a 2-worker server: ~30 s on an idle 2-core machine
 ]
 

@@ -13,13 +13,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import REPO_ROOT
-from tests.manifests.validation import MANIFESTS, build, kubectl
+from tests.manifests.validation import MANIFESTS, build
 from tests.mlflow_fixtures import free_port, stop_process_group
-
-pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl (with built-in kustomize) is not on PATH")
 
 
 def _tiny_package(directory: Path) -> Path:

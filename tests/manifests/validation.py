@@ -18,10 +18,12 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT, SHARED
@@ -44,8 +46,17 @@ def kustomization_dirs() -> list[Path]:
     return sorted(p.parent for p in MANIFESTS.rglob("kustomization.yaml"))
 
 
-def kubectl() -> str | None:
-    return shutil.which("kubectl")
+def kubectl() -> str:
+    """kubectl next to the interpreter (where scripts/ensure_kubectl.sh installs the pinned one) or on PATH.
+
+    Missing, it fails the test rather than skipping it: `make test` installs it, so a missing one is a broken setup.
+    """
+    beside = Path(sys.executable).with_name("kubectl")
+    found = str(beside) if beside.exists() else shutil.which("kubectl")
+    if found is None:
+        pytest.fail("kubectl is neither next to the interpreter nor on PATH: `bash scripts/ensure_kubectl.sh "
+                    f"{sys.executable}` installs it (`make test` runs that)", pytrace=False)
+    return found
 
 
 @functools.cache

@@ -11,7 +11,15 @@ import pytest
 
 from ncf import gate, registry
 from ncf.errors import UserError
-from tests.mlflow_fixtures import make_package, oracle_model
+from tests.mlflow_fixtures import (  # noqa: F401  (fixtures)
+    assert_gates_serialised,
+    make_package,
+    mlflow_server,
+    oracle_model,
+    postgres_url,
+    run_concurrent_gates,
+    s3_env,
+)
 from tests.tiny_data import make_partition, write_partition
 
 # ---- the pure rule -------------------------------------------------------------------------------------------
@@ -289,3 +297,148 @@ def test_gate_rejects_bad_input(store, capsys):
     assert "gate_metric" in capsys.readouterr().err
     assert gate.main(["--model-uri", packages["medium"], "--min-delta", "-1"]) == 2
     assert "min_delta" in capsys.readouterr().err
+
+
+# ---- concurrent gates: several processes at once, real stores, repeated tries ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def race(tmp_path_factory):
+    """A partition, a weak first champion and three challengers of known, different quality (full_ndcg@10)."""
+    from ncf.package import load_package
+
+    root = tmp_path_factory.mktemp("race-root")
+    partition = make_partition(num_users=60, num_items=120, uri=str(root / "data" / "dt=2026-11-27"))
+    write_partition(partition, partition.uri)
+    uris = [make_package(str(root / "models" / f"noise-{noise}"), partition, oracle_model(partition, noise, seed))
+            for seed, noise in enumerate((6.0, 4.0, 3.0, 2.0))]
+    scores = gate.score_packages([load_package(u) for u in uris], partition, "full_ndcg@10")
+    known = {uri: s.metrics["full_ndcg@10"] for uri, s in zip(uris, scores, strict=True)}
+    assert len(set(known.values())) == len(known), "the challengers must be distinguishable"
+    return partition, uris, known
+
+
+def _race(race, tracking_uri: str, workdir, challengers: list[str], model_name: str = "ncf", env=None) -> None:
+    """Gate the weakest package first, then `challengers` all at once; check the never-worse property."""
+    partition, uris, known = race
+
+    def config(uri: str, name: str) -> dict:
+        return {"model_uri": uri, "partition_uri": partition.uri, "tracking_uri": tracking_uri,
+                "model_name": model_name, "gate_metric": "full_ndcg@10", "report_uri": str(workdir / "reports" / name),
+                "lock_timeout_s": 300.0}
+
+    first = gate.run(gate.GateConfig(**config(uris[0], "first")))
+    assert first.promoted and first.challenger_score == pytest.approx(known[uris[0]])
+    results = run_concurrent_gates([config(uri, f"c{i}") for i, uri in enumerate(challengers)], workdir / "procs",
+                                   env=env)
+    for result in results:
+        assert result["score"] == pytest.approx(known[result["model_uri"]])
+    assert_gates_serialised(results, (first.version, first.challenger_score),
+                            registry.alias_version(tracking_uri, model_name, registry.CHAMPION))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(3))
+def test_concurrent_gates_on_sqlite_never_leave_a_worse_champion(race, tmp_path, attempt):
+    """Three gates at once on one sqlite store (the failure: all compared against v1, all "promoted", and the last
+    alias move won, whichever model that was)."""
+    _, uris, _ = race
+    _race(race, registry.default_tracking_uri(tmp_path), tmp_path, uris[1:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(3))
+def test_concurrent_gates_on_the_postgres_server_never_leave_a_worse_champion(
+        race, tmp_path, attempt, mlflow_server, moto_server, monkeypatch):  # noqa: F811
+    """Two gates at once through `mlflow server` on PostgreSQL (S3 artifacts): the gate has only the HTTP URI."""
+    import os
+
+    env = s3_env(moto_server)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    _, uris, _ = race
+    _race(race, mlflow_server[0], tmp_path, [uris[3], uris[1]], model_name=f"ncf-race-{attempt}",
+          env={**os.environ, **env})
+
+
+# ---- immutable inputs: a package's training partition rewritten under it ---------------------------------------
+
+
+def test_gate_reports_a_training_partition_rewritten_under_the_champion(tmp_path):
+    """The champion was trained on dt=2026-11-27; that date is re-run (--overwrite) and a challenger trained on the
+    new data: the gate scores both on it, and says the champion's partition is not the data it was trained on."""
+    import shutil
+
+    day = str(tmp_path / "data" / "dt=2026-11-27")
+    before = make_partition(num_users=60, num_items=120, seed=5, uri=day)
+    before.stats["fingerprint"] = "sha256:aaaa"
+    write_partition(before, day)
+    champion = make_package(str(tmp_path / "models" / "before"), before, oracle_model(before, 3.0, 0),
+                            extra={"partition_fingerprint": "sha256:aaaa"})
+    first = gate.run(gate.GateConfig(model_uri=champion))
+    assert first.promoted and first.training_partitions["challenger"].status == "unchanged"
+    assert "changed" not in first.reason
+
+    rerun = make_partition(num_users=60, num_items=120, seed=6, uri=day)
+    rerun.stats["fingerprint"] = "sha256:bbbb"
+    shutil.rmtree(day)
+    write_partition(rerun, day)
+    challenger = make_package(str(tmp_path / "models" / "after"), rerun, oracle_model(rerun, 1.0, 1),
+                              extra={"partition_fingerprint": "sha256:bbbb"})
+    result = gate.run(gate.GateConfig(model_uri=challenger))
+
+    checks = result.training_partitions
+    assert checks["challenger"] == gate.PartitionCheck("unchanged", day, "sha256:bbbb", "sha256:bbbb",
+                                                       "the data it was trained on")
+    assert (checks["champion"].status, checks["champion"].recorded, checks["champion"].current) == (
+        "changed", "sha256:aaaa", "sha256:bbbb")
+    assert "champion's training partition changed" in result.reason and "never saw" in result.reason
+    tags = registry.client(registry.default_tracking_uri(tmp_path)).get_model_version("ncf", result.version).tags
+    assert tags["gate.champion_partition"] == "changed" and tags["gate.challenger_partition"] == "unchanged"
+    assert "champion's training partition changed" in tags["gate.reason"]
+    report_dir = tmp_path / "reports" / "gate" / f"ncf-v{result.version}"
+    report = json.loads((report_dir / "gate.json").read_text())
+    assert report["training_partitions"]["champion"]["status"] == "changed"
+    assert "champion changed" in (report_dir / "gate.html").read_text()
+
+
+@pytest.mark.parametrize(("package_fp", "partition_fp", "detail"), [
+    (None, None, "no fingerprint in the package"),
+    (None, "sha256:aaaa", "no fingerprint in the package"),
+    ("sha256:aaaa", None, "no fingerprint in the partition's stats.json"),
+])
+def test_missing_fingerprints_mean_unknown(tmp_path, package_fp, partition_fp, detail):
+    """Packages and partitions from before fingerprints: "unknown", never an error."""
+    from ncf.data import load_partition
+    from ncf.package import load_package
+
+    partition = make_partition(uri=str(tmp_path / "data" / "dt=2026-11-27"))
+    if partition_fp:
+        partition.stats["fingerprint"] = partition_fp
+    write_partition(partition, partition.uri)
+    extra = {"partition_fingerprint": package_fp} if package_fp else {}
+    package = load_package(make_package(str(tmp_path / "models" / "m"), partition, oracle_model(partition, 1.0),
+                                        extra=extra))
+    check = gate.check_training_partition(package, load_partition(partition.uri))
+    assert check.status == "unknown" and detail in check.detail
+    # Scored on another partition: the training one is read from storage; gone, that is "unknown" too.
+    other = make_partition(uri=str(tmp_path / "data" / "dt=2026-11-28"))
+    assert gate.check_training_partition(package, other).status == "unknown"
+    (tmp_path / "data" / "dt=2026-11-27" / "_SUCCESS").unlink()
+    gone = gate.check_training_partition(package, other)
+    assert gone.status == "unknown" and "gone or incomplete" in gone.detail
+
+
+def test_training_partition_read_from_storage_when_scored_elsewhere(tmp_path):
+    from ncf.package import load_package
+
+    old = make_partition(uri=str(tmp_path / "data" / "dt=2026-11-26"))
+    old.stats["fingerprint"] = "sha256:1111"
+    write_partition(old, old.uri)
+    package = load_package(make_package(str(tmp_path / "models" / "m"), old, oracle_model(old, 1.0),
+                                        extra={"partition_fingerprint": "sha256:1111"}))
+    newest = make_partition(uri=str(tmp_path / "data" / "dt=2026-11-27"))
+    assert gate.check_training_partition(package, newest).status == "unchanged"
+    stats = json.loads((tmp_path / "data" / "dt=2026-11-26" / "stats.json").read_text())
+    (tmp_path / "data" / "dt=2026-11-26" / "stats.json").write_text(json.dumps({**stats, "fingerprint": "x"}))
+    assert gate.check_training_partition(package, newest).status == "changed"

@@ -11,10 +11,12 @@ import pytest
 from ncf import gate, registry
 from ncf.errors import UserError
 from tests.mlflow_fixtures import (  # noqa: F401  (fixtures)
+    assert_top_k,
     make_package,
     mlflow_server,
     oracle_model,
     postgres_url,
+    reference_ranking,
     s3_env,
 )
 from tests.tiny_data import make_partition, write_partition
@@ -90,8 +92,10 @@ def test_server_postgres_s3_register_gate_load(mlflow_server, moto_server, s3_bu
     root = f"s3://{s3_bucket}/ncf"
     partition = make_partition(uri=storage.partition_uri(root, "2026-11-27"))
     write_partition(partition, partition.uri)
-    first = make_package(f"{root}/models/run-1", partition, oracle_model(partition, 2.0))
-    second = make_package(f"{root}/models/run-2", partition, oracle_model(partition, 0.3, seed=1))
+    # Distinguishable packages (metrics, weights, rankings), so serving the wrong one cannot pass.
+    first = make_package(f"{root}/models/run-1", partition, oracle_model(partition, 2.0), metrics={"ndcg@10": 0.21})
+    second = make_package(f"{root}/models/run-2", partition, oracle_model(partition, 0.3, seed=1),
+                          metrics={"ndcg@10": 0.64})
 
     results = [gate.run(gate.GateConfig(model_uri=uri, partition_uri=partition.uri, tracking_uri=tracking_uri,
                                         model_name="ncf-pg", git_commit="abc123"))
@@ -105,9 +109,14 @@ def test_server_postgres_s3_register_gate_load(mlflow_server, moto_server, s3_bu
     # What a KServe storage initializer would download: the package under the S3 artifact root.
     package_uri = registry.package_artifact_uri(tracking_uri, "ncf-pg", str(champion.version))
     assert package_uri.startswith(f"s3://{mlflow_server[1]}/")
-    assert load_package(package_uri).metrics == load_package(second).metrics
+    served, wanted, other = load_package(package_uri), load_package(second), load_package(first)
+    assert served.metrics == wanted.metrics == {"ndcg@10": 0.64}
+    for key, value in served.model.state_dict().items():
+        assert np.array_equal(value.numpy(), wanted.model.state_dict()[key].numpy())
     out = _load_pyfunc(tracking_uri, "models:/ncf-pg@champion").predict(pd.DataFrame({"user_id": ["u3"]}))
-    assert len(out.loc[0, "item_ids"]) == 10 and not out.loc[0, "fallback"]
+    assert not out.loc[0, "fallback"]
+    assert_top_k(out.loc[0, "item_ids"], out.loc[0, "scores"], reference_ranking(wanted, "u3"), 10)
+    assert out.loc[0, "item_ids"] != reference_ranking(other, "u3")[0][:10]  # the first model would be told apart
 
 
 def test_version_links_to_the_training_run_in_the_same_store(tmp_path):
@@ -127,3 +136,152 @@ def test_version_links_to_the_training_run_in_the_same_store(tmp_path):
     assert run.data.params["lr"] == "0.001" and run.data.metrics["gate.ndcg_at_10"] == 0.25
     elsewhere = registry.register_package(package_uri, tracking_uri=tracking_uri, train_run_id="not-in-this-store")
     assert elsewhere.run_id != train_run.info.run_id
+
+
+# ---- concurrency: a fresh store created once, and the gate lock ----------------------------------------------
+
+_FIRST_USE = r"""
+import sys, time
+from pathlib import Path
+from ncf import registry
+Path(sys.argv[2]).touch()
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.01)
+uri = sys.argv[1]
+registry.ensure_experiment(uri)
+assert registry.alias_version(uri, "ncf", "champion") is None
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(3))
+def test_concurrent_first_use_of_a_fresh_sqlite_store(tmp_path, attempt):
+    """Three processes open the same not-yet-existing store at once (the failure: each ran MLflow's migrations, and
+    one crashed with an alembic error)."""
+    import subprocess
+    import sys
+    import time
+
+    uri = registry.default_tracking_uri(tmp_path / "root")
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _FIRST_USE, uri, str(tmp_path / f"ready-{i}"), str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready-{i}").exists() for i in range(3)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+    go.touch()
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-3000:]
+    assert registry.client(uri).get_experiment_by_name(registry.DEFAULT_EXPERIMENT) is not None
+
+
+def test_gate_lock_excludes_and_queues(tmp_path):
+    """Threads of one process each take the lock repeatedly: never two inside at once, every one gets its turn."""
+    import threading
+    import time
+
+    uri = registry.default_tracking_uri(tmp_path)
+    inside, most, turns, errors = [0], [0], [], []
+    guard = threading.Lock()
+
+    def worker(name: str) -> None:
+        try:
+            for _ in range(2):
+                with registry.gate_lock(uri, "ncf", timeout_s=120, poll_s=0.05) as lock:
+                    with guard:
+                        inside[0] += 1
+                        most[0] = max(most[0], inside[0])
+                    time.sleep(0.05)
+                    lock.check()
+                    turns.append((name, lock.version))
+                    with guard:
+                        inside[0] -= 1
+        except Exception as exc:  # reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(f"t{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and most[0] == 1 and len(turns) == 8
+    # Served in ticket order, and nothing left behind: every ticket deleted on release.
+    assert [v for _, v in turns] == sorted(v for _, v in turns)
+    assert registry.client(uri).search_model_versions(f"name='{registry.gate_lock_name('ncf')}'") == []
+
+
+def test_gate_lock_timeout_names_the_holder(tmp_path):
+    uri = registry.default_tracking_uri(tmp_path)
+    with registry.gate_lock(uri, "ncf") as held:
+        with pytest.raises(UserError, match=r"ncf\.gate-lock: another gate \(.+:\d+, ticket \d+, last heartbeat "
+                                            r"\d+s ago\) still holds the gate of 'ncf' after 1s.*--lock-timeout-s"):
+            with registry.gate_lock(uri, "ncf", timeout_s=1, poll_s=0.1):
+                pass
+        held.check()  # the waiter that gave up took nothing from the holder
+        with registry.gate_lock(uri, "other-model", timeout_s=0):  # one lock per model name
+            pass
+    with registry.gate_lock(uri, "ncf", timeout_s=0):  # released: free at once
+        pass
+
+
+@pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.slow)])
+def lock_store(request, tmp_path):
+    """(tracking URI, a model name of its own): the embedded sqlite store, or `mlflow server` on PostgreSQL."""
+    import uuid
+
+    if request.param == "sqlite":
+        return registry.default_tracking_uri(tmp_path), "ncf"
+    return request.getfixturevalue("mlflow_server")[0], f"ncf-lock-{uuid.uuid4().hex[:8]}"
+
+
+_CRASHING_HOLDER = r"""
+import os, signal, sys
+from pathlib import Path
+from ncf import registry
+with registry.gate_lock(sys.argv[1], sys.argv[2], lease_s=2.0):
+    Path(sys.argv[3]).touch()
+    os.kill(os.getpid(), signal.SIGKILL)  # dies holding the lock: no release, no more heartbeats
+"""
+
+
+def test_a_crashed_holder_is_broken_after_its_lease(lock_store, tmp_path, capfd):
+    import subprocess
+    import sys
+    import time
+
+    uri, name = lock_store
+    held = tmp_path / "held"
+    proc = subprocess.run([sys.executable, "-c", _CRASHING_HOLDER, uri, name, str(held)], capture_output=True,
+                          timeout=120)
+    assert proc.returncode == -9 and held.exists(), proc.stderr[-2000:]
+    started = time.monotonic()
+    with registry.gate_lock(uri, name, timeout_s=60, poll_s=0.2) as lock:
+        lock.check()
+    assert time.monotonic() - started < 30
+    assert "breaking the lock of" in capfd.readouterr().err
+
+
+def test_heartbeats_keep_a_long_gate_alive(lock_store):
+    """A holder that keeps its lease alive is never broken, however long it holds the lock."""
+    import time
+
+    uri, name = lock_store
+    with registry.gate_lock(uri, name, lease_s=1.5) as holder:
+        time.sleep(3.5)  # more than two leases; a heartbeat every 0.25 s
+        with pytest.raises(UserError, match="still holds the gate"):
+            with registry.gate_lock(uri, name, timeout_s=2.0, poll_s=0.1):
+                pass
+        holder.check()
+
+
+def test_a_holder_whose_lease_ran_out_cannot_act(tmp_path):
+    """A hung holder (no heartbeats) is broken by the next gate, and finds out before it moves any alias."""
+    uri = registry.default_tracking_uri(tmp_path)
+    with registry.gate_lock(uri, "ncf", lease_s=1.0) as hung:
+        hung._stop.set()  # the heartbeat thread stops, as in a process frozen by the OS
+        with registry.gate_lock(uri, "ncf", timeout_s=30, poll_s=0.1) as fresh:
+            fresh.check()
+            with pytest.raises(UserError, match="lost the lock.*nothing was moved, re-run the gate"):
+                hung.check()

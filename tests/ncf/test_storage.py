@@ -90,3 +90,90 @@ def test_require_complete_names_what_is_missing(tmp_path):
         storage.require_complete(tmp_path / "dt=2026-01-01", "partition", hint="re-run preprocessing")
     (tmp_path / "dt=2026-01-01" / storage.SUCCESS).touch()
     storage.require_complete(tmp_path / "dt=2026-01-01", "partition")
+
+
+class _Recording:
+    """Wraps the boto3 client storage uses: records every write (method, key) and fails the `fail_at`-th one."""
+
+    WRITES = ("upload_file", "put_object", "copy_object", "delete_object")
+
+    def __init__(self, client, fail_at: int | None = None):
+        self._client, self.fail_at, self.writes, self.attempts = client, fail_at, [], 0
+
+    def __getattr__(self, name):
+        method = getattr(self._client, name)
+        if name not in self.WRITES:
+            return method
+
+        def write(*args, **kwargs):
+            key = kwargs.get("Key") or args[2]  # upload_file(path, bucket, key)
+            self.attempts += 1
+            if self.attempts - 1 == self.fail_at:
+                raise ConnectionError(f"injected failure at write {self.fail_at}: {name} {key}")
+            self.writes.append((name, key))
+            return method(*args, **kwargs)
+
+        return write
+
+
+def _view(uri: str) -> dict[str, bytes] | None:
+    """What a reader sees: nothing unless `_SUCCESS` is there, else every file's bytes."""
+    if not storage.is_complete(uri):
+        return None
+    with storage.local_copy(uri) as local:
+        return {p.relative_to(local).as_posix(): p.read_bytes() for p in sorted(local.rglob("*"))
+                if p.is_file() and p.name != storage.SUCCESS}
+
+
+def test_s3_publish_order(tmp_path, s3_bucket, monkeypatch):
+    """Uploads go to a staging prefix first; then the old `_SUCCESS` goes, files are copied in, stale keys pruned,
+    and the new `_SUCCESS` is the last write under the directory."""
+    dest = f"s3://{s3_bucket}/root/data/dt=2026-01-01"
+    storage.publish_dir(_fill(tmp_path / "v1", {"a.txt": "1", "stale.txt": "x"}), dest)
+    recording = _Recording(storage.s3_client())
+    monkeypatch.setattr(storage, "_client", recording)
+    storage.publish_dir(_fill(tmp_path / "v2", {"a.txt": "2", "sub/b.txt": "2"}), dest)
+    key = "root/data/dt=2026-01-01"
+    writes = recording.writes
+    under_dest = [(op, k) for op, k in writes if k.startswith(key + "/")]
+    first_dest_write = writes.index(under_dest[0])
+    assert all(op == "upload_file" and k.startswith("_staging/") for op, k in writes[:first_dest_write])
+    assert under_dest[0] == ("delete_object", f"{key}/_SUCCESS"), "the old marker goes before any file changes"
+    assert under_dest[-1] == ("put_object", f"{key}/_SUCCESS"), "the new marker is the last write"
+    assert {k for op, k in under_dest if op == "copy_object"} == {f"{key}/a.txt", f"{key}/sub/b.txt"}
+    assert ("delete_object", f"{key}/stale.txt") in under_dest
+    assert all(op == "delete_object" and k.startswith("_staging/") for op, k in writes[writes.index(under_dest[-1]) + 1:])
+
+
+def test_s3_failure_at_any_point_of_a_publish_leaves_old_or_nothing(tmp_path, s3_bucket, monkeypatch):
+    """Fail each write of a re-publish in turn: a reader then sees the old directory whole, the new one whole, or
+    nothing (no `_SUCCESS`), never a mix; a failure before `_SUCCESS` reaches the caller; staging is cleaned up."""
+    old_files = {"a.txt": "old", "b.txt": "old", "stale.txt": "old"}
+    new_files = {"a.txt": "new", "b.txt": "new", "sub/c.txt": "new"}
+    old = {k: v.encode() for k, v in old_files.items()}
+    new = {k: v.encode() for k, v in new_files.items()}
+    src_old, src_new = _fill(tmp_path / "old", old_files), _fill(tmp_path / "new", new_files)
+    real = storage.s3_client()
+    storage.publish_dir(src_old, f"s3://{s3_bucket}/probe")
+    counting = _Recording(real)  # a clean re-publish, to count its writes
+    monkeypatch.setattr(storage, "_client", counting)
+    storage.publish_dir(src_new, f"s3://{s3_bucket}/probe")
+    published = counting.writes.index(("put_object", f"probe/{storage.SUCCESS}"))
+    seen = set()
+    for fail_at in range(len(counting.writes)):
+        dest = f"s3://{s3_bucket}/try-{fail_at}/dt=2026-01-01"
+        monkeypatch.setattr(storage, "_client", real)
+        storage.publish_dir(src_old, dest)
+        monkeypatch.setattr(storage, "_client", _Recording(real, fail_at=fail_at))
+        if fail_at <= published:
+            with pytest.raises(ConnectionError, match="injected failure"):
+                storage.publish_dir(src_new, dest)
+        else:  # a failed clean-up of the staging copy after `_SUCCESS` is retried, not reported
+            storage.publish_dir(src_new, dest)
+        monkeypatch.setattr(storage, "_client", real)
+        view = _view(dest)
+        assert view in (None, old, new), f"failure at write {fail_at}: a reader sees a mix {view}"
+        seen.add("nothing" if view is None else "old" if view == old else "new")
+        assert storage.list_dir(f"s3://{s3_bucket}/_staging") == [], f"failure at write {fail_at}: staging left"
+    # Failures while staging keep the old; during the swap they hide the directory; after `_SUCCESS`, it is the new.
+    assert seen == {"old", "nothing", "new"}

@@ -12,16 +12,23 @@ import requests
 from ncf import registry
 from ncf.package import load_package
 from serving.recommender import Recommender
+from tests.mlflow_fixtures import assert_top_k, reference_ranking
 
 _RECOMMENDERS: dict[str, Recommender] = {}
 
 
 def expected(served, version: str, user_id: str, k: int = 10, exclude_seen: bool = True, candidates=None):
-    """The answer computed in-process from the package the server says it serves."""
+    """The answer computed in-process from the package the server says it serves, by the same `Recommender`."""
     if version not in _RECOMMENDERS:
         _RECOMMENDERS[version] = Recommender(load_package(served.packages[version]))
     rec = _RECOMMENDERS[version]
     return rec.recommend([rec.query(user_id, k, exclude_seen, candidates)])[0]
+
+
+def reference(served, version: str, user_id: str, exclude_seen: bool = True, candidates=None):
+    """The same answer computed without the serving code (`reference_ranking`: plain forward + exclusion + argsort),
+    so a fault shared by the predictor and `Recommender` cannot hide."""
+    return reference_ranking(load_package(served.packages[version]), user_id, exclude_seen, candidates)
 
 
 def v1(served, *instances, **body):
@@ -37,8 +44,8 @@ def test_v1_top_k_matches_the_package(served):
     want = expected(served, body["model_version"], "u3", 5)
     assert first["item_ids"] == want.item_ids and not first["fallback"]
     assert np.allclose(first["scores"], want.scores, rtol=1e-5)
-    assert first["scores"] == sorted(first["scores"], reverse=True)
-    assert len(second["item_ids"]) == 10  # default k
+    assert_top_k(first["item_ids"], first["scores"], reference(served, body["model_version"], "u3"), 5)
+    assert_top_k(second["item_ids"], second["scores"], reference(served, body["model_version"], "u7"), 10)
 
 
 def test_exclude_seen(served):
@@ -49,6 +56,8 @@ def test_exclude_seen(served):
     assert with_seen["item_ids"] == expected(served, body["model_version"], "u5", 100, False).item_ids
     assert without_seen["item_ids"] == expected(served, body["model_version"], "u5", 100, True).item_ids
     assert seen & set(with_seen["item_ids"]) and not seen & set(without_seen["item_ids"])
+    for pred, exclude in ((with_seen, False), (without_seen, True)):
+        assert_top_k(pred["item_ids"], pred["scores"], reference(served, body["model_version"], "u5", exclude), 100)
 
 
 def test_candidates_are_ranked_and_respected(served):
@@ -58,6 +67,7 @@ def test_candidates_are_ranked_and_respected(served):
     (pred,) = body["predictions"]
     want = expected(served, body["model_version"], "u1", 3, False, candidates)
     assert pred["item_ids"] == want.item_ids and set(pred["item_ids"]) <= set(candidates)
+    assert_top_k(pred["item_ids"], pred["scores"], reference(served, body["model_version"], "u1", False, candidates), 3)
 
 
 def test_unknown_user_gets_popular_items_marked_as_fallback(served):
@@ -115,6 +125,8 @@ def test_v2_infer(served):
     assert outputs["fallback"]["data"] == [False, True]
     want = expected(served, body["model_version"], "u2", 3)
     assert outputs["item_ids"]["data"][:3] == want.item_ids
+    assert_top_k(outputs["item_ids"]["data"][:3], outputs["scores"]["data"][:3],
+                 reference(served, body["model_version"], "u2"), 3)
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -149,6 +161,8 @@ def test_grpc_infer(served):
         assert list(outputs["item_ids"].shape) == [2, 2]
         ids = [b.decode() for b in outputs["item_ids"].contents.bytes_contents]
         assert ids[:2] == expected(served, response.model_version, "u4", 2).item_ids
+        assert_top_k(ids[:2], list(outputs["scores"].contents.fp32_contents)[:2],
+                     reference(served, response.model_version, "u4"), 2)
         assert list(outputs["fallback"].contents.bool_contents) == [False, True]
         bad = pb.ModelInferRequest(model_name="ncf", inputs=[pb.ModelInferRequest.InferInputTensor(
             name="user_id", datatype="BYTES", shape=[1], contents=pb.InferTensorContents(bytes_contents=[b"u1"])),

@@ -8,7 +8,8 @@ from pipelines.images import PIPELINE_IMAGE
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
-def preprocess(input_uri: str, storage_root: str, run_date: str, partition: Output[Dataset]):
+def preprocess(input_uri: str, storage_root: str, run_date: str, input_schema_uri: str, overwrite: bool,
+               partition: Output[Dataset]):
     """Writes `<storage_root>/data/dt=<run_date>`; the artifact carries its URI and stats for the UI."""
     args = dict(locals())  # first statement: the parameters, by name, for the step's config
     import json

@@ -311,9 +311,11 @@ def _acquire_s3_lock(lock: str, timeout_s: float, stale_after_s: float) -> str:
                 raise
         try:
             held = s3_client().head_object(Bucket=bucket, Key=key)
-        except ClientError:
+            age = (dt.datetime.now(dt.UTC) - held["LastModified"]).total_seconds()
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
+                raise
             continue  # released in between: try again
-        age = (dt.datetime.now(dt.UTC) - held["LastModified"]).total_seconds()
         if age > stale_after_s:
             s3_client().delete_object(Bucket=bucket, Key=key)
             continue

@@ -102,3 +102,12 @@ def test_filter_labels_stay_short():
     many = RowFilter("StockCode", "not_in", tuple(f"c{k}" for k in range(8)))
     assert many.label == "StockCode not_in [c0, c1, c2, c3, c4, ... (8 values)]"
     assert RowFilter("price", "min", 0.5).label == "price min 0.5"
+
+
+def test_the_example_pipeline_parameters_are_valid_and_name_the_example_schema():
+    from pipelines import params
+
+    values = params.load_file(REPO / "docs" / "examples" / "retail" / "pipeline-params.yaml")
+    assert (REPO / values["input_schema_uri"]).resolve() == RETAIL_SCHEMA.resolve()
+    ci = params.load_file(params.DEFAULT_PARAMS_FILE)
+    assert (REPO / ci["input_schema_uri"]).is_file()  # the image runs in the repository's copy: relative is fine

@@ -160,3 +160,11 @@ def test_an_s3_lock_left_by_a_dead_run_is_broken_after_it_goes_stale(s3_bucket):
     time.sleep(1.1)
     with storage.exclusive(uri, timeout_s=5, stale_after_s=1):
         pass
+
+
+def test_with_a_scratch_dir_the_tables_are_written_there_and_published_from_it(spark, tmp_path, write_text):
+    log, scratch = _log(write_text, "a.csv"), tmp_path / "shared-scratch"
+    scratch.mkdir()
+    first = run(_config(log, tmp_path / "root", scratch_dir=str(scratch)))
+    assert first.outcome == "published" and list(scratch.iterdir()) == []  # nothing left behind
+    assert run(_config(log, tmp_path / "root")).outcome == "identical"  # the same partition as without one

@@ -28,7 +28,7 @@ from ncf import storage  # noqa: E402
 from spark import generate  # noqa: E402
 from spark.preprocess import PreprocessConfig, run  # noqa: E402
 
-STAGES = ("read_deduplicate", "filter", "index", "split", "negatives", "publish")
+STAGES = ("read_deduplicate", "filter", "index", "split", "negatives", "fingerprint", "publish")
 
 
 def _events(data_dir: Path, num_events: int, seed: int, master: str) -> Path:
@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ncf-bench-") as root:
         for n in sizes:
             print(f"preprocessing {n:,} events ...", flush=True)
-            result = run(PreprocessConfig(input_uri=str(inputs[n]), storage_root=root, run_date="2026-01-01", master=args.master))
+            # every size writes the same date: each replaces the previous one (partitions refuse that by default)
+            result = run(PreprocessConfig(input_uri=str(inputs[n]), storage_root=root, run_date="2026-01-01", master=args.master,
+                                          overwrite=True))
             rows.append(_row(n, result.stats))
             print(f"  {rows[-1]['job_s']:.1f}s, {rows[-1]['events_per_s']:,.0f} events/s", flush=True)
     table = _table(rows, spark_start)

@@ -8,7 +8,8 @@ from pipelines.images import PIPELINE_IMAGE
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
-def preprocess(input_uri: str, storage_root: str, run_date: str, scheduled_time: str, partition: Output[Dataset]):
+def preprocess(input_uri: str, storage_root: str, run_date: str, input_schema_uri: str, overwrite: bool,
+               scheduled_time: str, partition: Output[Dataset]):
     """Writes `<storage_root>/data/dt=<run_date>`; the artifact carries its URI and stats for the UI.
 
     `scheduled_time`: the run's, from the KFP backend (pipelines/kfp_pipeline.py); an empty run_date: its day."""

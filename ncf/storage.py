@@ -244,11 +244,8 @@ def publish_dir(src: str | os.PathLike, dest: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def staged_output(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty local directory to write into; on success publish it at `dest`, on error drop it.
-
-    Local destinations stage next to `dest` (same file system, so the final rename is atomic).
-    """
+def staging_dir(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty local directory to build `dest` in (next to it when local: same file system); removed on exit."""
     if is_s3(dest):
         parent = None
     else:
@@ -257,9 +254,98 @@ def staged_output(dest: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
     try:
         yield tmp
-        publish_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_output(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty local directory to write into; on success publish it at `dest`, on error drop it."""
+    with staging_dir(dest) as tmp:
+        yield tmp
+        publish_dir(tmp, dest)
+
+
+LOCKS = ".locks"
+
+
+def _lock_uri(uri: str | os.PathLike) -> str:
+    """The lock of `<parent>/<name>`: `<parent>/.locks/<name>` (kept: deleting a file lock would race)."""
+    parent, slash, name = str(uri).rstrip("/").rpartition("/")
+    return f"{parent}{slash}{LOCKS}/{name}"
+
+
+@contextlib.contextmanager
+def exclusive(uri: str | os.PathLike, timeout_s: float = 1800.0, stale_after_s: float = 3600.0) -> Iterator[None]:
+    """Hold the lock of `uri` (a directory about to be published) across processes and hosts sharing the storage.
+
+    Local: an OS file lock on `.locks/<name>` beside it (released by the OS if the holder dies). S3: the object
+    `.locks/<name>` beside it, created only when absent (conditional PUT, `If-None-Match: *`) and deleted on
+    release; a lock older than `stale_after_s` is taken as left by a dead holder and broken. Waits up to
+    `timeout_s`.
+    """
+    lock = _lock_uri(uri)
+    if not is_s3(uri):
+        from filelock import FileLock, Timeout
+
+        Path(lock).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(lock, timeout=timeout_s):
+                yield
+        except Timeout:
+            raise UserError(f"{uri}: another run is publishing it (waited {timeout_s:.0f}s for {lock})") from None
+        return
+    token = _acquire_s3_lock(lock, timeout_s, stale_after_s)
+    try:
+        yield
+    finally:
+        _release_s3_lock(lock, token)
+
+
+def _acquire_s3_lock(lock: str, timeout_s: float, stale_after_s: float) -> str:
+    import datetime as dt
+    import socket
+    import time
+
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(lock)
+    token = uuid.uuid4().hex
+    body = json.dumps({"token": token, "host": socket.gethostname(), "pid": os.getpid()}).encode()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            s3_client().put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+            return token
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") not in (409, 412):
+                raise
+        try:
+            held = s3_client().head_object(Bucket=bucket, Key=key)
+            age = (dt.datetime.now(dt.UTC) - held["LastModified"]).total_seconds()
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
+                raise
+            continue  # released in between: try again
+        if age > stale_after_s:
+            s3_client().delete_object(Bucket=bucket, Key=key)
+            continue
+        if time.monotonic() > deadline:
+            raise UserError(f"{lock}: another run has held this lock for {age:.0f}s (waited {timeout_s:.0f}s)")
+        time.sleep(1.0)
+
+
+def _release_s3_lock(lock: str, token: str) -> None:
+    """Delete the lock if it is still ours (a holder presumed dead may have had it broken and re-taken)."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(lock)
+    try:
+        held = json.loads(s3_client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError:
+        return
+    if held.get("token") == token:
+        s3_client().delete_object(Bucket=bucket, Key=key)
 
 
 def partition_uri(root: str | os.PathLike, run_date: str) -> str:

@@ -6,17 +6,25 @@ User activity is power-law too. Every event is a (user, item) draw from that mod
 purchase (on-taste items convert more often), stamped uniformly over `days` days. A recommender that learns
 the users' tastes beats popularity clearly; one that learns nothing does not.
 
+`--style retail` writes the same world as a retailer's order-line log instead: daily CSV files
+`YYYY-MM-DD.csv` with the columns InvoiceNo, StockCode, Description, Quantity, InvoiceDate, UnitPrice,
+CustomerID, Country, and the quirks of real ones: guest checkouts (no CustomerID), cancelled order lines (a
+later invoice `C<number>` with the negative quantity), partial returns (a negative quantity on the same invoice),
+postage lines (StockCode POST), and repeat purchases (the same item on several invoices, or twice on one).
+
 Generation runs inside Spark: `spark.range(num_events)` split over partitions, each batch of event ids turned
 into events by vectorized numpy. Event `e` is a pure function of (seed, e), so output is identical for a seed
 whatever the partitioning or cluster.
 
     ncfctl generate --output-uri runs/raw/events --num-events 300000
+    ncfctl generate --output-uri runs/raw/retail --num-events 100000 --style retail
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +40,7 @@ from ncf.errors import UserError, exit_on_user_error
 from spark.hashing import hash_uniform
 
 OUTPUT_FORMATS = ("parquet", "csv", "jsonl")
+STYLES = ("events", "retail")
 EVENT_TYPES = ("view", "cart", "purchase")
 TASTE_WEIGHTS = (0.55, 0.25, 0.10)  # favourite topics; the rest of the probability mass explores
 USER_ACTIVITY_EXPONENT = 0.5
@@ -40,6 +49,11 @@ ITEM_POPULARITY_EXPONENT = 0.8
 ON_TASTE_CONVERSION = (0.17, 0.08)
 EXPLORE_CONVERSION = (0.08, 0.02)
 EVENTS_PER_PARTITION = 2_000_000
+# Retail order lines: one order (invoice) per customer and day; shares of the lines that get an extra line
+POSTAGE_FRACTION = 0.05  # a postage line (StockCode POST) on the same invoice
+DUPLICATE_FRACTION = 0.03  # the same item entered twice on one invoice
+COUNTRIES = ("United Kingdom",) * 8 + ("Germany", "France", "EIRE", "Spain")
+COLOURS = ("RED", "BLUE", "WHITE", "PINK", "GREEN")
 
 
 @dataclasses.dataclass
@@ -52,8 +66,14 @@ class GenerateConfig:
     days: int = param(30, "time span of the events in days")
     start_date: str = param("2026-01-01", "first day of the events (UTC, YYYY-MM-DD)")
     seed: int = param(42, "random seed: same seed, same events")
-    output_format: str = param("parquet", "file format of the log", choices=OUTPUT_FORMATS)
-    num_files: int = param(0, "number of output files; 0 = one per 2M events")
+    style: str = param("events", "events: view/cart/purchase events (user_id, item_id, event_type, ts); retail: a "
+                       "retailer's order lines in daily files, with guests, cancellations, returns, repeats", choices=STYLES)
+    output_format: str = param("auto", "file format of the log; auto: parquet for events, csv for retail",
+                               choices=("auto", *OUTPUT_FORMATS))
+    num_files: int = param(0, "events: number of output files; 0 = one per 2M events (retail: one file per day)")
+    guest_fraction: float = param(0.25, "retail: share of orders placed by guests (no CustomerID)")
+    cancel_fraction: float = param(0.02, "retail: share of order lines cancelled later (invoice C<number>, negative quantity)")
+    return_fraction: float = param(0.01, "retail: share of order lines partly returned (negative quantity, same invoice)")
     master: str = param("", "Spark master URL; default: spark-submit's --master, else local[*]")
 
 
@@ -61,6 +81,7 @@ class GenerateConfig:
 class GenerateResult:
     output_uri: str
     num_events: int
+    num_rows: int  # rows written: the events, or the order lines made of them (retail)
     num_users: int
     num_items: int
     num_topics: int
@@ -176,38 +197,135 @@ def events_frame(spark, world: World, num_events: int, num_partitions: int):
     return spark.range(0, num_events, 1, num_partitions).mapInPandas(to_events, SCHEMA)
 
 
-def _write(frame, path: Path, output_format: str) -> None:
+RETAIL_SCHEMA = (
+    "InvoiceNo string, StockCode string, Description string, Quantity long, InvoiceDate string, UnitPrice double, "
+    "CustomerID string, Country string, day string"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetailQuirks:
+    guest_fraction: float
+    cancel_fraction: float
+    return_fraction: float
+
+
+def order_lines(model: EventModel, event_ids: np.ndarray, quirks: RetailQuirks) -> dict[str, np.ndarray]:
+    """The order lines of a batch of events (each event a purchase), with their quirks: a pure function of
+    (seed, event id) like the events themselves."""
+    import pandas as pd
+
+    w, seed = model.world, model.world.seed
+    events = model.events(event_ids)
+    users, items, ts = events["user_id"], events["item_id"], events["ts"]
+    u = [hash_uniform(seed, event_ids, stream) for stream in range(30, 36)]
+    day = (ts - w.start_ts) // 86_400
+    invoice = 500_000 + day * w.num_users + users  # one order per customer and day
+    guest = hash_uniform(seed, invoice, 40) < quirks.guest_fraction  # the whole order: no CustomerID
+    customer = np.where(guest, None, (12_346 + users).astype(str).astype(object))
+    quantity = np.minimum(1 + np.floor(-np.log1p(-u[0]) * 2.5), 48).astype(np.int64)
+    price = np.round(0.5 + hash_uniform(seed, items, 41) * 9.5, 2)
+    country = np.asarray(COUNTRIES, dtype=object)[(hash_uniform(seed, users, 42) * len(COUNTRIES)).astype(np.int64)]
+    code = (20_000 + items).astype(str)
+    description = np.char.add(np.char.add("PRODUCT ", code), np.char.add(", ", np.asarray(COLOURS)[items % len(COLOURS)]))
+    lines = [(invoice.astype(str), code, description, quantity, ts, price, customer, country)]
+    end = w.start_ts + w.span_seconds - 1
+
+    def extra(mask, invoice_no, stock, text, qty, when):
+        lines.append(tuple(np.asarray(column)[mask] if np.ndim(column) else np.full(mask.sum(), column)
+                           for column in (invoice_no, stock, text, qty, when, price, customer, country)))
+
+    returned = np.maximum(1, np.floor(u[2] * quantity)).astype(np.int64)
+    later = np.minimum(ts + 3_600 * (1 + (u[3] * 72).astype(np.int64)), end)
+    extra(u[1] < quirks.cancel_fraction, np.char.add("C", invoice.astype(str)), code, description, -quantity, later)
+    extra((u[1] >= quirks.cancel_fraction) & (u[1] < quirks.cancel_fraction + quirks.return_fraction),
+          invoice.astype(str), code, description, -returned, later)
+    extra(u[4] < POSTAGE_FRACTION, invoice.astype(str), "POST", "POSTAGE", 1, ts)
+    extra(u[5] < DUPLICATE_FRACTION, invoice.astype(str), code, description, quantity, ts)
+    columns = [np.concatenate([line[k] for line in lines]) for k in range(8)]
+    stamp = pd.to_datetime(columns[4], unit="s")
+    names = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
+    out = dict(zip(names, columns, strict=True))
+    out["InvoiceDate"] = stamp.strftime("%Y-%m-%d %H:%M:%S").to_numpy()
+    out["day"] = stamp.strftime("%Y-%m-%d").to_numpy()
+    return out
+
+
+def retail_frame(spark, world: World, quirks: RetailQuirks, num_events: int, num_partitions: int):
+    """A DataFrame of the order lines of `num_events` purchases, with a `day` column (UTC) to split files by."""
+
+    def to_lines(batches):
+        import pandas as pd
+
+        model = EventModel(world)
+        for batch in batches:
+            yield pd.DataFrame(order_lines(model, batch["id"].to_numpy(), quirks))
+
+    return spark.range(0, num_events, 1, num_partitions).mapInPandas(to_lines, RETAIL_SCHEMA)
+
+
+def _write(frame, path: Path, output_format: str, partition_by: str = "") -> None:
     writer = frame.write.mode("overwrite")
+    if partition_by:
+        writer = writer.partitionBy(partition_by)
     if output_format == "parquet":
         writer.parquet(str(path))
     elif output_format == "csv":
         writer.option("header", True).csv(str(path))
     else:
         writer.json(str(path))
-    if output_format == "jsonl":  # Spark names JSON Lines parts *.json; say what they are
-        for part in path.glob("*.json"):
-            part.rename(part.with_suffix(".jsonl"))
-    for checksum in path.glob(".*.crc"):
+    for checksum in path.rglob(".*.crc"):
         checksum.unlink()
+
+
+def _suffix(output_format: str) -> str:
+    return {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}[output_format]
 
 
 def run(config: GenerateConfig) -> GenerateResult:
     from spark.session import get_spark
 
-    if config.output_format not in OUTPUT_FORMATS:
-        raise UserError(f"--output-format {config.output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}")
+    if config.output_format not in ("auto", *OUTPUT_FORMATS):
+        raise UserError(f"--output-format {config.output_format!r}: choose one of auto, {', '.join(OUTPUT_FORMATS)}")
+    if config.style not in STYLES:
+        raise UserError(f"--style {config.style!r}: choose one of {', '.join(STYLES)}")
+    quirks = RetailQuirks(config.guest_fraction, config.cancel_fraction, config.return_fraction)
+    for flag, value in (("--guest-fraction", quirks.guest_fraction), ("--cancel-fraction", quirks.cancel_fraction),
+                        ("--return-fraction", quirks.return_fraction)):
+        if not 0 <= value <= 1:
+            raise UserError(f"{flag} {value:g}: must be between 0 and 1")
+    if quirks.cancel_fraction + quirks.return_fraction > 1:
+        raise UserError("--cancel-fraction + --return-fraction: must not exceed 1")
+    retail = config.style == "retail"
+    output_format = config.output_format if config.output_format != "auto" else ("csv" if retail else "parquet")
     world = resolve_sizes(config)
     started = time.perf_counter()
     spark = get_spark(config.master, app_name="ncf-generate")
-    partitions = config.num_files or max(1, -(-config.num_events // EVENTS_PER_PARTITION))
-    frame = events_frame(spark, world, config.num_events, partitions)
+    partitions = max(1, -(-config.num_events // EVENTS_PER_PARTITION)) if retail else (
+        config.num_files or max(1, -(-config.num_events // EVENTS_PER_PARTITION))
+    )
     with storage.staged_output(config.output_uri) as staging:
-        _write(frame, staging / "events", config.output_format)
-        for part in (staging / "events").iterdir():
-            part.rename(staging / part.name)
-        (staging / "events").rmdir()
+        written = staging / "events"
+        if retail:
+            # one task per day, so each day is one file: <day>.csv, lines in time order
+            frame = retail_frame(spark, world, quirks, config.num_events, partitions)
+            frame = frame.repartition("day").sortWithinPartitions("day", "InvoiceDate", "InvoiceNo")
+            _write(frame, written, output_format, partition_by="day")
+            for folder in sorted(written.glob("day=*")):
+                for part in folder.iterdir():  # exactly one part file per day
+                    part.rename(staging / f"{folder.name[4:]}{_suffix(output_format)}")
+        else:
+            _write(events_frame(spark, world, config.num_events, partitions), written, output_format)
+            for part in written.glob("part-*"):
+                part.rename(staging / (part.name if output_format != "jsonl" else part.with_suffix(".jsonl").name))
+        shutil.rmtree(written)
+        num_rows = config.num_events
+        if retail:
+            num_rows = spark.read.option("header", True).csv(str(staging)).count() if output_format == "csv" else (
+                spark.read.format(output_format.replace("jsonl", "json")).load(str(staging)).count()
+            )
     return GenerateResult(
-        config.output_uri, config.num_events, world.num_users, world.num_items, world.num_topics,
+        config.output_uri, config.num_events, num_rows, world.num_users, world.num_items, world.num_topics,
         round(time.perf_counter() - started, 2),
     )
 
@@ -218,9 +336,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="ncfctl generate", description=__doc__.split("\n\n")[0])
     add_arguments(parser, GenerateConfig)
-    result = run(from_namespace(GenerateConfig, parser.parse_args(argv)))
+    config = from_namespace(GenerateConfig, parser.parse_args(argv))
+    result = run(config)
+    made = f"{result.num_rows:,} order lines of {result.num_events:,} purchases" if config.style == "retail" else (
+        f"{result.num_events:,} events"
+    )
     print(
-        f"wrote {result.num_events:,} events ({result.num_users:,} users, {result.num_items:,} items, "
+        f"wrote {made} ({result.num_users:,} users, {result.num_items:,} items, "
         f"{result.num_topics} topics) to {result.output_uri} in {result.seconds:.1f}s"
     )
     return 0

@@ -333,12 +333,14 @@ def test_rules_fire_on_the_intended_triggers(event, changed, expected):
     assert _pipeline(event, changed) == expected
 
 
-def test_run_job_triggers_on_the_parameters_file_the_pipeline_reads():
+def test_run_job_triggers_on_the_parameters_file_the_pipeline_reads_and_the_input_schema_it_names():
     from pipelines import params
 
     assert params.DEFAULT_PARAMS_FILE == REPO_ROOT / PARAMS_FILE
+    schema = yaml.safe_load((REPO_ROOT / PARAMS_FILE).read_text())["input_schema_uri"]
+    assert (REPO_ROOT / schema).is_file()
     changes = [c for rule in JOBS["run"]["rules"] for c in rule.get("changes", [])]
-    assert changes == [PARAMS_FILE]
+    assert changes == [PARAMS_FILE, schema]
     assert any(f"--params {PARAMS_FILE}" in line for line in JOBS["run"]["script"])
 
 

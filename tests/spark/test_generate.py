@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 
 from ncf.errors import UserError
-from spark.generate import EVENT_TYPES, EventModel, GenerateConfig, resolve_sizes, run
+from spark.generate import (
+    EVENT_TYPES,
+    EventModel,
+    GenerateConfig,
+    RetailQuirks,
+    order_lines,
+    resolve_sizes,
+    run,
+)
 
 
 def _events(num_events=200_000, seed=7, **sizes):
@@ -74,3 +82,58 @@ def test_run_writes_jsonl(spark, tmp_path):
     run(GenerateConfig(output_uri=str(tmp_path / "j"), num_events=1000, output_format="jsonl"))
     files = list((tmp_path / "j").glob("*.jsonl"))
     assert files and sum(len(pd.read_json(f, lines=True)) for f in files) == 1000
+
+
+# --- the retail order-line log --------------------------------------------------------------------------------
+
+QUIRKS = RetailQuirks(guest_fraction=0.25, cancel_fraction=0.02, return_fraction=0.01)
+
+
+def _order_lines(num_events=100_000, seed=7):
+    world = resolve_sizes(GenerateConfig(output_uri="unused", num_events=num_events, seed=seed))
+    return world, pd.DataFrame(order_lines(EventModel(world), np.arange(num_events), QUIRKS))
+
+
+def test_order_lines_are_a_pure_function_of_seed_and_event():
+    world, lines = _order_lines(20_000)
+    shuffled = np.random.default_rng(0).permutation(20_000)
+    again = pd.DataFrame(order_lines(EventModel(world), shuffled, QUIRKS))
+    key = ["InvoiceNo", "StockCode", "Quantity", "InvoiceDate"]
+    pd.testing.assert_frame_equal(lines.sort_values(key).reset_index(drop=True),
+                                  again.sort_values(key).reset_index(drop=True))
+
+
+def test_order_lines_carry_the_retail_quirks():
+    world, lines = _order_lines()
+    cancelled = lines.InvoiceNo.str.startswith("C")
+    returns = (lines.Quantity < 0) & ~cancelled
+    postage = lines.StockCode == "POST"
+    assert (lines.Quantity[cancelled] < 0).all() and (lines.Quantity[~cancelled & ~returns] > 0).all()
+    assert 0.015 < cancelled.mean() < 0.025 and 0.006 < returns.mean() < 0.014 and 0.04 < postage.mean() < 0.06
+    orders = lines[~cancelled].groupby("InvoiceNo").CustomerID.agg(lambda c: c.isna().all() or c.notna().all())
+    assert orders.all()  # a guest checkout is a whole order without a CustomerID
+    guest_orders = lines[~cancelled].groupby("InvoiceNo").CustomerID.first().isna().mean()
+    assert 0.2 < guest_orders < 0.3
+    bought = lines[~cancelled & ~returns & ~postage & lines.CustomerID.notna()]
+    repeats = bought.groupby(["CustomerID", "StockCode"]).size()
+    assert (repeats > 1).mean() > 0.1  # repeat purchases of an item
+    assert bought.duplicated(["InvoiceNo", "StockCode"]).any()  # the same item twice on one order
+    assert lines.Description[~postage].str.contains(",").all()  # descriptions need CSV quoting
+    days = pd.to_datetime(lines.InvoiceDate)
+    assert (days.dt.strftime("%Y-%m-%d") == lines.day).all()
+    assert days.max() < pd.Timestamp("2026-01-01") + pd.Timedelta(days=30)
+
+
+@pytest.mark.spark
+def test_run_writes_a_retail_log_in_daily_csv_files(spark, tmp_path):
+    result = run(GenerateConfig(output_uri=str(tmp_path / "retail"), num_events=5_000, days=5, style="retail"))
+    files = sorted(p.name for p in (tmp_path / "retail").iterdir())
+    assert files == ["2026-01-01.csv", "2026-01-02.csv", "2026-01-03.csv", "2026-01-04.csv", "2026-01-05.csv",
+                     "_SUCCESS"]
+    frames = {name: pd.read_csv(tmp_path / "retail" / name, dtype={"CustomerID": "string"}) for name in files[:-1]}
+    assert list(frames["2026-01-01.csv"].columns) == [
+        "InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country"]
+    for name, frame in frames.items():
+        assert frame.InvoiceDate.str.startswith(name[:10]).all() and frame.InvoiceDate.is_monotonic_increasing
+    assert sum(len(f) for f in frames.values()) == result.num_rows > result.num_events == 5_000
+    assert pd.concat(frames.values()).CustomerID.isna().any()  # guests: an empty field, not a quoted ""

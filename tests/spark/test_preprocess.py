@@ -112,7 +112,7 @@ def test_partition_contract_on_synthetic_logs(spark, events_dir, tmp_path):
     assert sorted(os.listdir(uri)) == ["_SUCCESS", "item_map", "stats.json", "test", "test_negatives", "train", "user_map"]
     schemas = {name: pd.read_parquet(Path(uri) / name).dtypes.astype(str).to_dict() for name in ("train", "test", "user_map")}
     assert schemas == {
-        "train": {"user_idx": "int32", "item_idx": "int32", "ts": "int64"},
+        "train": {"user_idx": "int32", "item_idx": "int32", "ts": "int64", "count": "int32", "weight": "float32"},
         "test": {"user_idx": "int32", "item_idx": "int32"},
         "user_map": {"user_id": "object", "user_idx": "int32"},
     }
@@ -153,11 +153,11 @@ def test_failed_runs_change_nothing_and_a_rerun_replaces_atomically(spark, event
     assert snapshot() == before
 
     day_one = snapshot("2026-01-01")
-    run(_config(events_dir, root, "2026-01-02", num_test_negatives=30))
+    run(_config(events_dir, root, "2026-01-02", num_test_negatives=30, overwrite=True))
     assert storage.complete_partitions(root) == ["2026-01-01", "2026-01-02"]
     assert load_partition(storage.partition_uri(root, "2026-01-02")).test_negatives.shape[1] == 30
     assert snapshot("2026-01-01") == day_one  # other dates untouched
-    assert sorted(os.listdir(root / "data")) == ["dt=2026-01-01", "dt=2026-01-02"]  # no staging leftovers
+    assert sorted(os.listdir(root / "data")) == [".locks", "dt=2026-01-01", "dt=2026-01-02"]  # no staging leftovers
 
 
 def test_s3_input_and_output_through_moto(spark, s3_bucket, tmp_path, write_text):
@@ -270,3 +270,67 @@ def test_spark_submit_runs_the_same_job(events_dir, tmp_path):
     partition = load_partition(storage.partition_uri(tmp_path, "2026-03-04"))
     assert partition.stats["spark_master"] == "local[1]"
     _check_partition(partition, num_negatives=10)
+
+
+# --- a retailer's log, read through an input schema file -------------------------------------------------------
+
+RETAIL_SCHEMA = REPO / "docs" / "examples" / "retail" / "input-schema.yaml"
+
+
+@pytest.fixture(scope="module")
+def retail_dir(spark, tmp_path_factory):
+    path = tmp_path_factory.mktemp("raw") / "retail"
+    generate.run(generate.GenerateConfig(output_uri=str(path), num_events=12_000, num_users=300, num_items=150,
+                                         days=10, style="retail"))
+    return path
+
+
+def _expected_retail_counts(folder: Path) -> dict[str, int]:
+    """What the example schema must count, computed from the raw files with pandas (not with the job's code)."""
+    lines = pd.concat([pd.read_csv(f, dtype=str) for f in sorted(folder.glob("*.csv"))])
+    quantity = lines.Quantity.astype(int)
+    guest = lines.CustomerID.isna()
+    cancelled = ~guest & lines.InvoiceNo.str.startswith("C")
+    returned = ~guest & ~cancelled & (quantity < 0)
+    postage = ~guest & ~cancelled & ~returned & (lines.StockCode == "POST")
+    kept = lines[~(guest | cancelled | returned | postage)]
+    return {"rows": len(lines), "anonymous_rows": int(guest.sum()), "cancelled_rows": int(cancelled.sum()),
+            "returned_rows": int(returned.sum()), "filtered_rows": int(postage.sum()), "kept_rows": len(kept),
+            "pairs": len(kept.drop_duplicates(["CustomerID", "StockCode"]))}
+
+
+def test_a_retail_log_through_the_schema_file_counts_each_quirk(spark, retail_dir, tmp_path, capsys):
+    assert main(["--input-uri", str(retail_dir), "--storage-root", str(tmp_path), "--run-date", "2026-01-11",
+                 "--input-schema-uri", str(RETAIL_SCHEMA), "--num-test-negatives", "20"]) == 0
+    summary = capsys.readouterr().out
+    stats = json.loads((tmp_path / "data" / "dt=2026-01-11" / "stats.json").read_text())
+    read, expected = stats["inputs"][0], _expected_retail_counts(retail_dir)
+    assert read["files"] == 10 and read["bad_rows"] == 0
+    assert {k: read[k] for k in expected if k != "pairs"} == {k: v for k, v in expected.items() if k != "pairs"}
+    assert min(read["anonymous_rows"], read["cancelled_rows"], read["returned_rows"], read["filtered_rows"]) > 0
+    assert read["filtered_rows_by_rule"] == {
+        "StockCode not_in [POST, DOT, M, D, C2, ... (11 values)]": expected["filtered_rows"]}
+    assert stats["num_unique_interactions"] == expected["pairs"]
+    assert stats["num_repeat_events"] == expected["kept_rows"] - expected["pairs"] > 0
+    assert stats["input_schema"]["uri"] == str(RETAIL_SCHEMA) and stats["input_schema"]["columns"]["user"] == "CustomerID"
+    assert (f"{read['anonymous_rows']:,} anonymous (no user id), {read['cancelled_rows']:,} cancelled, "
+            f"{read['returned_rows']:,} returned, {read['filtered_rows']:,} filtered, 0 malformed; "
+            f"{stats['num_repeat_events']:,} repeats collapsed into {expected['pairs']:,} interactions") in summary
+    partition = load_partition(tmp_path / "data" / "dt=2026-01-11")
+    assert all(user.isdigit() for user in partition.user_ids) and "POST" not in set(partition.item_ids)
+    train = pd.read_parquet(tmp_path / "data" / "dt=2026-01-11" / "train")
+    assert (train["count"] >= 1).all() and (train["weight"] >= train["count"]).all()  # units bought, >= 1 a line
+    assert (train["count"] > 1).any()
+
+
+def test_the_anonymous_limit_names_the_file_setting_or_the_flag(spark, retail_dir, tmp_path):
+    schema = tmp_path / "strict.yaml"
+    schema.write_text(RETAIL_SCHEMA.read_text().replace("max_anonymous_fraction: 0.4", "max_anonymous_fraction: 0.05"))
+    with pytest.raises(UserError) as err:
+        run(_config(retail_dir, tmp_path / "a", input_schema_uri=str(schema)))
+    assert "have no user id (CustomerID) (" in str(err.value)
+    assert f"> tolerance.max_anonymous_fraction in {schema} 0.05); check that columns.user in {schema} names" in str(err.value)
+    assert "worst files: 2026-01-" in str(err.value)  # a count over ten daily files
+    with pytest.raises(UserError, match=r"> --max-anonymous-fraction 0.01\)"):
+        run(_config(retail_dir, tmp_path / "b", input_schema_uri=str(RETAIL_SCHEMA), max_anonymous_fraction=0.01))
+    assert not (tmp_path / "a" / "data" / "dt=2026-01-01").exists()

@@ -18,6 +18,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import shlex
 import sys
 import time
 import urllib.error
@@ -145,6 +146,12 @@ def fetch_recommendation(url: str, user_id: str, k: int = 10, timeout: float = 3
             time.sleep(0.5)
 
 
+def curl_command(url: str, user_id: str, k: int = 5) -> str:
+    """The query line printed for the user to paste (the predictor takes JSON whatever curl's -d content type)."""
+    body = json.dumps({"instances": [{"user_id": user_id, "k": k}]})
+    return f"curl -s {url} -d {shlex.quote(body)}"
+
+
 def _first_user(partition_uri: str) -> str:
     from ncf.data import load_partition
 
@@ -232,7 +239,7 @@ def _print_outcome(summaries: list[RunSummary], values: dict[str, Any], root: Pa
         response = fetch_recommendation(url, user)
         print(f"\npredictor (KServe V1) {url}\nrecommendation for user {user}:\n"
               f"{json.dumps(response, indent=2)}\n"
-              f"try it: curl -s {url} -d '{{\"instances\": [{{\"user_id\": \"{user}\", \"k\": 5}}]}}'")
+              f"try it: {curl_command(url, user)}")
     print(f"\nMLflow UI:  .venv/bin/mlflow ui --backend-store-uri {tracking_uri}   (then http://127.0.0.1:5000)\n"
           f"storage:    {root}   (data/dt=*, models/*, reports/gate/*, kfp/)")
 

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ncf.config import add_arguments, from_namespace, param
-from ncf.errors import UserError, exit_on_user_error
+from ncf.errors import PORT_IN_USE, Fault, UserError, exit_on_user_error
 from serving.sagemaker_routes import SAGEMAKER_COMMAND, add_sagemaker_routes, sagemaker_argv
 
 
@@ -247,6 +247,25 @@ def _guard_requests(max_bytes: int) -> None:
         existing.kwargs["max_bytes"] = max_bytes
 
 
+def check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Fail with a port-in-use fault naming the port before anything loads (the server would bind them later).
+
+    `ports`: label -> port. Binds as uvicorn and gRPC do (SO_REUSEADDR), so only a live listener counts as busy.
+    """
+    import errno
+    import socket
+
+    for label, port in ports.items():
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise Fault(PORT_IN_USE, f"{host}:{port} ({label}) is already in use") from exc
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -255,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ncfctl serve", description=__doc__.split("\n")[0])
     add_arguments(parser, ServeConfig)
     config = from_namespace(ServeConfig, parser.parse_args(argv))
+    check_ports_free(config.host, {"HTTP": config.http_port, **({"gRPC": config.grpc_port} if config.enable_grpc
+                                                               else {})})
     model, server = build_server(config)
     grpc = f", gRPC {config.host}:{config.grpc_port}" if config.enable_grpc else ""
     print(f"serving {config.model_name} (version {model.version}, from {model.source}) on "

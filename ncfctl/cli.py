@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serving.server", "serve a model package or registry alias on 127.0.0.1 (KServe)"),
     "deploy": ("serving.deploy", "deploy the champion: local predictor or KServe InferenceService"),
     "run": ("pipelines.local_run", "run the whole pipeline locally (kfp.local)"),
+    "status": ("ncf.status", "every model version: gate decisions, lineage, champion, what serves it"),
     "compile": ("pipelines.compile", "compile the pipeline: KFP IR YAML and SageMaker definition JSON"),
     "submit": ("pipelines.submit", "upload the pipeline to a KFP endpoint, create runs / schedules"),
     "bench": ("bench.run", "run the benchmarks in bench/"),

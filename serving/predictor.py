@@ -269,6 +269,17 @@ class NCFRepository(ModelRepository):
         models = self.get_models()
         return bool(models) and all([await model.healthy() for model in models.values()])
 
+    def metadata_with_version(self, model_metadata):
+        """KServe's `model_metadata` plus the V2 protocol's optional `versions`: the version being served (what
+        `ncfctl status` reports), which KServe leaves out."""
+
+        async def with_version(model_name: str) -> dict:
+            metadata = await model_metadata(model_name)
+            version = getattr(self.get_model(model_name), "version", None)
+            return {**metadata, "versions": [version]} if version else metadata
+
+        return with_version
+
     async def load(self, name: str) -> bool:
         async with self._swap_lock:  # one reload at a time
             model = self.factory(name)

@@ -155,6 +155,7 @@ def build_server(config: ServeConfig):
                              enable_grpc=config.enable_grpc, registered_models=repository,
                              enable_latency_logging=False, grace_period=5)
     server.dataplane.ready = repository.all_ready  # REST /v2/health/ready and gRPC ServerReady
+    server.dataplane.model_metadata = repository.metadata_with_version(server.dataplane.model_metadata)
     if config.sagemaker_routes:
         add_sagemaker_routes(server.dataplane, config.model_name)
     quiet = logging.WARNING

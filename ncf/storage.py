@@ -89,7 +89,10 @@ def exists(uri: str | os.PathLike) -> bool:
             return True
         except Exception:
             prefix = key.rstrip("/") + "/" if key else ""
-            resp = s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+            try:
+                resp = s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+            except Exception as exc:  # credentials, endpoint, permissions: name the URI (ncf.errors classifies)
+                raise UserError(f"{uri}: cannot look it up ({exc})") from exc
             return resp.get("KeyCount", 0) > 0
     return Path(uri).exists()
 

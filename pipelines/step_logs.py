@@ -135,9 +135,12 @@ class StepRunner:
         return next((o for o in self.outcomes if o.returncode != 0), None)
 
     def run_local_subprocess(self, full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
-        task = _argument(full_command, "--function_to_execute") or "task"
         executor_input = json.loads(_argument(full_command, "--executor_input") or "{}")
         output_file = executor_input.get("outputs", {}).get("outputFile")
+        # The task's directory (<pipeline root>/<run>/<task>/executor_output.json) names it uniquely, even when
+        # one component runs twice (`chatty`, `chatty-2`); else the component function's name.
+        task = Path(output_file).parent.name if output_file else (
+            _argument(full_command, "--function_to_execute") or "task")
         log = self.log_dir / f"{task}.log"
         self.console.line(f"  {task:<10}  started {time.strftime('%H:%M:%S')}")
         env = {**os.environ, **env_vars} if env_vars else None
@@ -189,8 +192,9 @@ def capture(runner: StepRunner, orchestrator_log: Path) -> Iterator[None]:
                 yield
         finally:
             subprocess_task_handler.run_local_subprocess = original
-            for warning in caught:
-                log.write(warnings.formatwarning(warning.message, warning.category, warning.filename,
-                                                 warning.lineno, warning.line))
+            for warning in caught:  # (warnings.showwarning here would append to `caught` itself)
+                text = warnings.formatwarning(warning.message, warning.category, warning.filename, warning.lineno,
+                                              warning.line)
+                log.write(text)
                 if runner.console.verbose:
-                    warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+                    runner.console.out.write(text)

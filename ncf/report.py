@@ -123,9 +123,11 @@ def training_curves(curves: dict[str, list[tuple[int, float]]], trials: list[flo
         name = "" if ax is loss_ax else " " + (match["name"][4:] if match else key)
         steps, values = zip(*points, strict=True)
         ax.plot(steps, values, "-o", markersize=3, label=f"{label}{name}")
+    last_epoch = max((step for points in curves.values() for step, _ in points), default=1)
     for ax, title in ((loss_ax, "training loss per epoch"), (val_ax, "validation metric per epoch")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.set_xlim(0.5, last_epoch + 0.5)  # whole epochs, even for a one-epoch run
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -140,6 +142,7 @@ def training_curves(curves: dict[str, list[tuple[int, float]]], trials: list[flo
         ax.plot(numbers, best, "-", color=PROMOTED_COLOR, label="best so far")
         ax.set_title("tuning trials (validation)", fontsize=10)
         ax.set_xlabel("trial")
+        ax.set_xlim(0.5, len(trials) + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -103,7 +103,8 @@ def synthetic_input(root: str, run_date: str, num_events: int, index: int, conso
             (errors.Classified(errors.BAD_INPUT, line[len("error: "):]) for line in reversed(lines)
              if line.startswith("error: ")), errors.Classified(errors.INTERNAL, f"exited with {returncode}"))
         raise errors.Fault(failure.kind, f"generate failed: {failure.message} (log: {display_path(log)})")
-    wrote = next((line for line in reversed(lines) if line.startswith("wrote ")), "")
+    wrote = next((line for line in reversed(lines) if line.startswith("wrote ")), "").replace(output,
+                                                                                               display_path(output))
     console.line(f"  {'generate':<10}  done in {seconds:.0f}s: {wrote}   log: {display_path(log)}")
     return output
 

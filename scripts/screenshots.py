@@ -4,7 +4,8 @@
     python scripts/screenshots.py --storage-root runs/x --run-date 2026-03-01 --run-date 2026-03-02 ...
 
 Writes docs/gate-report.png and docs/ncfctl-status.png. When the storage root has no MLflow store yet, it runs
-`ncfctl run` there first (on a free port, with the given run dates) and stops the predictor it started afterwards.
+`ncfctl run` there first (on a free port, with the given run dates); when no predictor serves the store, it deploys
+the champion locally (free port) for the status picture. It stops what it started.
 Chromium comes from Debian (`apt-get install -y chromium`) when it is not on PATH. Chromium runs with networking
 off: the report must render from the file alone.
 """
@@ -50,15 +51,27 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ensure_store(root: Path, run_dates: list[str]) -> int | None:
-    """Run the demo pipeline into `root` unless it has a store; returns the pid of a predictor started here."""
+def ensure_store(root: Path, run_dates: list[str]) -> None:
+    """Run the demo pipeline into `root` unless it has a store."""
     if (root / "mlflow.db").exists():
-        return None
+        return
     dates = [flag for date in run_dates for flag in ("--run-date", date)]
     subprocess.run([sys.executable, "-m", "ncfctl", "run", "--storage-root", str(root), "--port", str(_free_port()),
                     *dates], check=True, cwd=REPO)
-    state = root / "serving" / "ncf-local.json"
-    return json.loads(state.read_text())["pid"] if state.exists() else None
+
+
+def ensure_serving(root: Path) -> int | None:
+    """The pid of a local predictor started here for `root`'s champion, or None when one already serves it."""
+    from ncf import registry
+    from ncf.status import local_serving
+    from serving.deploy import DeployConfig, run, state_path
+
+    tracking_uri = registry.default_tracking_uri(root)
+    if local_serving(tracking_uri, "ncf")["state"] == "serving":
+        return None
+    config = DeployConfig(tracking_uri=tracking_uri, port=_free_port())
+    run(config)
+    return json.loads(state_path(config, tracking_uri).read_text())["pid"]
 
 
 def status_page(root: Path, directory: Path) -> tuple[Path, int, int]:
@@ -83,19 +96,20 @@ def main() -> int:
     parser.add_argument("--output-dir", default=str(REPO / "docs"))
     args = parser.parse_args()
     root, output = Path(args.storage_root).resolve(), Path(args.output_dir)
-    pid = ensure_store(root, args.run_date)
+    sys.path.insert(0, str(REPO))
+    ensure_store(root, args.run_date)
+    pid = ensure_serving(root)
     try:
         reports = sorted((root / "reports" / "gate").glob("*-v*/gate.html"),
                          key=lambda p: int(p.parent.name.rsplit("-v", 1)[1]))
         if not reports:
             sys.exit(f"error: {root}/reports/gate holds no gate report; run `make demo` first")
-        screenshot(reports[-1], output / "gate-report.png", 1000, 1650)
+        screenshot(reports[-1], output / "gate-report.png", 1000, 1250)
         with tempfile.TemporaryDirectory(prefix="ncf-status-") as tmp:
             page, width, height = status_page(root, Path(tmp))
             screenshot(page, output / "ncfctl-status.png", width, height)
     finally:
         if pid is not None:
-            sys.path.insert(0, str(REPO))
             from serving.deploy import stop_local_server
 
             stop_local_server(pid)

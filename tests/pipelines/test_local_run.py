@@ -134,3 +134,19 @@ def test_two_dates_train_gate_deploy_and_serve_a_recommendation(tmp_path, capsys
     assert response["model_version"] == champion_version
     assert f"local predictor: serving v{champion_version} (champion) at http://127.0.0.1:{port}" in shown
     assert "mlflow ui --backend-store-uri sqlite:///" in out
+
+
+@pytest.mark.slow
+def test_a_failing_step_ends_the_run_with_one_line_naming_it_and_its_log(tmp_path, capsys):
+    bad = tmp_path / "events.csv"
+    bad.write_text("user_id,item_id,ts\nu1,i1,not-a-time\n")  # nothing preprocess can keep
+    code = local_run.main(["--storage-root", str(tmp_path / "root"), "--input", str(bad), "--run-date", "2026-03-01",
+                           "--port", str(free_port())])
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    (line,) = err.strip().splitlines()
+    match = re.fullmatch(r"error: preprocess step failed: (.+) \(log: (.+/preprocess\.log)\)", line)
+    assert match, line
+    assert match[1] in (tmp_path / "root" / "logs").glob("2026-03-01-*/preprocess.log").__next__().read_text()
+    assert re.search(r"^  preprocess  FAILED after \d+s: ", out, re.M) and "train" not in out.split("FAILED")[1]
+    assert not list((tmp_path / "root" / "data").glob("dt=*"))  # nothing published

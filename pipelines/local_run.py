@@ -96,12 +96,13 @@ def synthetic_input(root: str, run_date: str, num_events: int, index: int, conso
     flags = [f"--{f.name.replace('_', '-')}={getattr(config, f.name)}" for f in dataclasses.fields(config)]
     log = log_dir / "generate.log"
     console.line(f"  {'generate':<10}  started {time.strftime('%H:%M:%S')}: {events:,} synthetic events")
-    returncode, seconds = run_logged([sys.executable, "-m", "spark.generate", *flags], log, console)
+    # NCF_DEBUG: the trace goes into generate.log (like a pipeline step's), where classify_log reads the cause.
+    returncode, seconds = run_logged([sys.executable, "-m", "spark.generate", *flags], log, console,
+                                     env={**os.environ, errors.DEBUG_ENV: "1"})
     lines = log.read_text(errors="replace").splitlines()
     if returncode != 0:
-        failure = errors.classify_log("\n".join(lines)) or next(
-            (errors.Classified(errors.BAD_INPUT, line[len("error: "):]) for line in reversed(lines)
-             if line.startswith("error: ")), errors.Classified(errors.INTERNAL, f"exited with {returncode}"))
+        failure = errors.classify_log("\n".join(lines)) or errors.Classified(errors.INTERNAL,
+                                                                              f"exited with {returncode}")
         raise errors.Fault(failure.kind, f"generate failed: {failure.message} (log: {display_path(log)})")
     wrote = next((line for line in reversed(lines) if line.startswith("wrote ")), "").replace(output,
                                                                                                display_path(output))

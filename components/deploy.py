@@ -11,9 +11,8 @@ def deploy(model_name: str, tracking_uri: str, serving_target: str) -> str:
     """local: start or hot-swap the predictor on 127.0.0.1; kserve: create/patch the InferenceService and wait
     until Ready (the task fails if it is not). Returns the endpoint URL."""
     args = dict(locals())  # first statement: the parameters, by name, for the step's config
-    from serving.deploy import DeployConfig, run
-
     from ncf.config import pipeline_fields
+    from serving.deploy import DeployConfig, run
 
     result = run(DeployConfig(**{f.name: args[f.name] for f in pipeline_fields(DeployConfig)}))
     print(f"deployed {model_name} -> {result.endpoint}")

@@ -28,10 +28,9 @@ def train(
     args = dict(locals())  # first statement: the parameters, by name, for the step's config
     import json
 
-    from ncf.train import TrainConfig, run
-
     from ncf import storage
     from ncf.config import pipeline_fields
+    from ncf.train import TrainConfig, run
 
     user_facing = {f.name: args[f.name] for f in pipeline_fields(TrainConfig)}
     run_name = f"{partition.metadata['run_date']}-{pipeline_run_id}"

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import html
 import math
 import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -306,43 +304,6 @@ def _git_commit() -> str:
         return ""
 
 
-def _render_html(report: dict[str, Any]) -> str:
-    verdict = "PROMOTED" if report["promoted"] else "REJECTED"
-    color = "#1a7f37" if report["promoted"] else "#cf222e"
-    metrics = sorted(set(report["challenger_metrics"]) | set(report.get("champion_metrics") or {}))
-
-    def cell(values, key):
-        return f"{values[key]:.4f}" if values and key in values else "&ndash;"
-
-    rows = "".join(
-        f"<tr><td>{html.escape(m)}</td><td>{cell(report['challenger_metrics'], m)}</td>"
-        f"<td>{cell(report.get('champion_metrics'), m)}</td></tr>" for m in metrics)
-    champion = f"v{report['champion_version']}" if report["champion_version"] else "none"
-
-    def coverage(name, cov):
-        return "" if not cov else (
-            f"<li>{name}: {cov['native']} of {cov['rows']} rows ranked natively; {cov['rows'] - cov['known_user']} "
-            f"unknown users (popularity fallback), {cov['rows'] - cov['known_test_item']} unknown held-out items "
-            f"(misses)</li>")
-
-    coverages = coverage(f"challenger v{report['version']}", report["challenger_coverage"]) + coverage(
-        f"champion {champion}", report.get("champion_coverage"))
-    partitions = report.get("training_partitions", {}).items()
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Gate: {html.escape(report['model_name'])}
-v{report['version']}</title><style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 12px;
-border-bottom:1px solid #ddd;text-align:right}}td:first-child,th:first-child{{text-align:left}}</style></head><body>
-<h1 style="color:{color}">{verdict}: {html.escape(report['model_name'])} v{report['version']}</h1>
-<p>{html.escape(report['reason'])}</p>
-<p>Gate metric <b>{html.escape(report['gate_metric'])}</b>, min_delta {report['min_delta']}, floor {report['floor']};
-scored on {report['num_users']} test users of <code>{html.escape(report['partition_uri'])}</code>.
-Champion before the gate: {champion}.</p>
-<ul>{coverages}</ul>
-<p>Training partitions: {html.escape("; ".join(f"{r} {c['status']}: {c['detail']}" for r, c in partitions))}</p>
-<table><tr><th>metric</th><th>challenger v{report['version']}</th><th>champion {champion}</th></tr>{rows}</table>
-<p><small>{html.escape(report['decided_at'])}</small></p></body></html>
-"""
-
-
 def check_training_partition(package, scored) -> PartitionCheck:
     """Compare the fingerprint `package` recorded with its training partition's current one (`scored`: the
     partition the gate scores on, already loaded). Old packages / partitions without fingerprints: "unknown"."""
@@ -454,9 +415,11 @@ def _gate_locked(config: GateConfig, lock, tracking_uri: str, root, challenger, 
     report = {**dataclasses.asdict(result), "min_delta": config.min_delta, "floor": config.floor,
               "partition_uri": partition.uri, "model_uri": config.model_uri, "tracking_uri": tracking_uri,
               "decided_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    from ncf.report import write_gate_report  # matplotlib: imported only when a report is written
+
     with storage.staged_output(report_uri) as tmp:
         storage.write_json(tmp / "gate.json", report)
-        (tmp / "gate.html").write_text(_render_html(report))
+        write_gate_report(tmp, report, tracking_uri=tracking_uri, run_id=version.run_id)
     return result
 
 

@@ -55,8 +55,14 @@ def s3_client():
     global _client
     if _client is None:
         import boto3
+        from botocore.config import Config
 
-        _client = boto3.client("s3")
+        # Bounded retries: an unreachable endpoint fails in seconds, not after botocore's legacy back-off
+        # (AWS_MAX_ATTEMPTS / AWS_RETRY_MODE, when set, win).
+        config = None if os.environ.get("AWS_MAX_ATTEMPTS") else Config(
+            retries={"total_max_attempts": 3, "mode": os.environ.get("AWS_RETRY_MODE", "standard")},
+            connect_timeout=10)
+        _client = boto3.client("s3", config=config)
     return _client
 
 
@@ -83,7 +89,10 @@ def exists(uri: str | os.PathLike) -> bool:
             return True
         except Exception:
             prefix = key.rstrip("/") + "/" if key else ""
-            resp = s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+            try:
+                resp = s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+            except Exception as exc:  # credentials, endpoint, permissions: name the URI (ncf.errors classifies)
+                raise UserError(f"{uri}: cannot look it up ({exc})") from exc
             return resp.get("KeyCount", 0) > 0
     return Path(uri).exists()
 
@@ -131,8 +140,12 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full or failing disk leaves no partial file behind
+        raise
 
 
 def write_json(uri: str | os.PathLike, obj: Any) -> None:

@@ -121,6 +121,8 @@ def _validate(config: TrainConfig) -> None:
         raise UserError("weight_decay, patience and recency_weight must be >= 0")
     if not config.recency_power > 0:
         raise UserError(f"recency_power: must be positive, got {config.recency_power}")
+    if config.threads < 0:
+        raise UserError(f"threads: must be >= 0 (0: chosen from the cores and batch size), got {config.threads}")
 
 
 def _mlp_layers(text: str) -> tuple[int, ...]:

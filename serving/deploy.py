@@ -3,7 +3,8 @@
 - local: start `serving.server` serving `models:/<name>@champion` as a detached background process (it outlives
   this step) when none runs, or hot-swap the running one (POST /v2/repository/models/<name>/load re-resolves the
   alias) and check it now serves the champion. A state file (pid, ports, url) sits next to the embedded MLflow
-  store (or in `state_dir`).
+  store (or in `state_dir`). The port: `port`, else $NCF_PREDICTOR_PORT (how `ncfctl run --port` reaches this
+  step through kfp.local, whose subprocesses inherit the environment), else 8080.
 - kserve: create the InferenceService, or patch its storageUri to the champion's package in S3 (the rest of the
   spec belongs to the manifests, manifests/base/inferenceservice.yaml), then wait until it is Ready with the new
   generation; the step fails if that does not happen within `timeout_s`.
@@ -30,6 +31,8 @@ from ncf.errors import UserError, exit_on_user_error
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 MODEL_VERSION_ANNOTATION = "ncf.io/model-version"
+PORT_ENV = "NCF_PREDICTOR_PORT"
+DEFAULT_PORT = 8080
 
 
 @dataclasses.dataclass
@@ -43,7 +46,7 @@ class DeployConfig:
     storage_uri: str = param("", "kserve: package URI to serve (default: the champion's package in the artifact store)")
     runtime: str = param("ncf-predictor", "kserve: ServingRuntime to use; empty: a custom predictor container")
     timeout_s: float = param(600.0, "kserve: how long to wait for Ready; local: for the predictor to come up")
-    port: int = param(8080, "local: REST port (gRPC uses port + 1)")
+    port: int = param(0, f"local: REST port, gRPC on port + 1 (0: ${PORT_ENV}, else {DEFAULT_PORT})")
     state_dir: str = param("", "local: where the state file goes (default: beside the sqlite store, else ./.ncf)")
 
 
@@ -119,8 +122,9 @@ def start_local_server(model_uri: str, *, model_name: str, port: int, grpc_port:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise UserError(f"predictor exited with {proc.returncode}; last log lines ({log_path}):\n"
-                            + "\n".join(log_path.read_text(errors="replace").splitlines()[-15:]))
+            errors = [line for line in log_path.read_text(errors="replace").splitlines() if line.startswith("error: ")]
+            why = errors[-1][len("error: "):] if errors else "no error line"
+            raise UserError(f"predictor exited with {proc.returncode}: {why} (log: {log_path})")
         try:
             if _http("GET", f"{url}/v2/models/{model_name}/ready", timeout=2).get("ready"):
                 return proc.pid
@@ -148,6 +152,13 @@ def stop_local_server(pid: int, timeout_s: float = 15.0) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def local_port(config: DeployConfig) -> int:
+    text = str(config.port or os.environ.get(PORT_ENV) or DEFAULT_PORT)
+    if not text.isdigit() or not 0 < int(text) < 65535:
+        raise UserError(f"port: expected 1..65534 (gRPC takes port + 1), got {text!r}")
+    return int(text)
+
+
 def deploy_local(config: DeployConfig, tracking_uri: str, version: str) -> DeployResult:
     path = state_path(config, tracking_uri)
     state = json.loads(path.read_text()) if path.exists() else {}
@@ -163,12 +174,16 @@ def deploy_local(config: DeployConfig, tracking_uri: str, version: str) -> Deplo
         if serving != version:
             raise UserError(f"{state['url']} serves version {serving} after the swap, expected champion {version}")
         return DeployResult(state["url"], version, "swapped")
-    url = f"http://127.0.0.1:{config.port}"
+    from serving.server import check_ports_free
+
+    port = local_port(config)
+    check_ports_free("127.0.0.1", {"predictor HTTP": port, "predictor gRPC": port + 1})
+    url = f"http://127.0.0.1:{port}"
     log_path = path.with_suffix(".log")
     pid = start_local_server(f"models:/{config.model_name}@{registry.CHAMPION}", model_name=config.model_name,
-                             port=config.port, grpc_port=config.port + 1, log_path=log_path,
+                             port=port, grpc_port=port + 1, log_path=log_path,
                              tracking_uri=tracking_uri, timeout_s=config.timeout_s)
-    state = {"pid": pid, "port": config.port, "grpc_port": config.port + 1, "url": url, "log": str(log_path),
+    state = {"pid": pid, "port": port, "grpc_port": port + 1, "url": url, "log": str(log_path),
              "model_name": config.model_name, "tracking_uri": tracking_uri,
              "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     storage.write_json(path, state)

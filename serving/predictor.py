@@ -12,6 +12,8 @@ Protocols (KServe provides the endpoints; this class supplies predict + metadata
       [1 or B], optional `exclude_seen` BOOL [1 or B] -> outputs `item_ids` BYTES [B, K], `scores` FP32 [B, K],
       `fallback` BOOL [B]; the response id echoes the request id.
 Invalid requests raise kserve's InvalidInput (HTTP 400, gRPC INVALID_ARGUMENT) with a message naming the field.
+Ids longer than `max_id_length` are refused before any message echoes them (body size and Content-Type are
+handled in front of KServe, serving/server.py).
 Hot swap: `NCFRepository.load` (POST /v2/repository/models/ncf/load) builds and loads a new model off the event
 loop, then swaps it in; requests in flight finish on the old one.
 """
@@ -38,6 +40,7 @@ from serving.recommender import DEFAULT_K, MAX_INSTANCES, MAX_K, Recommender, Re
 
 MODEL_NAME = "ncf"
 DEFAULT_MODEL_DIR = "/mnt/models"
+MAX_ID_LENGTH = 256
 
 RECOMMENDATIONS = Counter("ncf_recommendations", "Recommendation lists served, by kind (model or popularity fallback)",
                           ["model_name", "kind"])
@@ -134,14 +137,34 @@ def _column(request: InferRequest, name: str, size: int) -> list | None:
     return values
 
 
+def _check_id(value: Any, where: str, max_length: int) -> None:
+    if isinstance(value, str | bytes) and len(value) > max_length:
+        raise RequestError(f"{where}: {len(value)} characters, at most {max_length}")
+
+
+def _check_instance_ids(instances: Any, max_length: int) -> None:
+    """Refuse over-long user / candidate ids before validation messages could echo them."""
+    if not isinstance(instances, list):
+        return
+    for i, inst in enumerate(instances):
+        if not isinstance(inst, dict):
+            continue
+        _check_id(inst.get("user_id"), f"instances[{i}].user_id", max_length)
+        candidates = inst.get("candidates")
+        if isinstance(candidates, list):
+            for j, item in enumerate(candidates):
+                _check_id(item, f"instances[{i}].candidates[{j}]", max_length)
+
+
 class NCFModel(Model):
     def __init__(self, name: str = MODEL_NAME, source: str = DEFAULT_MODEL_DIR, *, tracking_uri: str | None = None,
-                 max_k: int = MAX_K, max_instances: int = MAX_INSTANCES):
+                 max_k: int = MAX_K, max_instances: int = MAX_INSTANCES, max_id_length: int = MAX_ID_LENGTH):
         super().__init__(name)
         self.source = source
         self.tracking_uri = tracking_uri
         self.max_k = max_k
         self.max_instances = max_instances
+        self.max_id_length = max_id_length
         self.recommender: Recommender | None = None
         self.version: str | None = None
 
@@ -166,6 +189,7 @@ class NCFModel(Model):
                 return await self._predict_v2(payload)
             if not isinstance(payload, dict) or "instances" not in payload:
                 raise RequestError('request body: expected a JSON object {"instances": [...]}')
+            _check_instance_ids(payload["instances"], self.max_id_length)
             recs = await self._recommend(self.recommender.parse_instances(payload["instances"]))
             return {"predictions": [r.to_dict() for r in recs], "model_version": self.version}
         except RequestError as exc:
@@ -194,6 +218,8 @@ class NCFModel(Model):
         users = _column(request, "user_id", int(np.prod(user_input.shape)))
         if not users or len(users) > self.max_instances:
             raise RequestError(f"inputs.user_id: between 1 and {self.max_instances} user ids, got {len(users or [])}")
+        for i, user in enumerate(users):
+            _check_id(user, f"inputs.user_id[{i}]", self.max_id_length)
         ks = _column(request, "k", len(users)) or [DEFAULT_K] * len(users)
         excludes = _column(request, "exclude_seen", len(users)) or [True] * len(users)
         queries = [self.recommender.query(u, k, e, where=f"inputs[{i}]")
@@ -237,6 +263,22 @@ class NCFRepository(ModelRepository):
         super().__init__()
         self.factory = factory
         self._swap_lock = asyncio.Lock()
+
+    async def all_ready(self) -> bool:
+        """Server readiness: at least one model registered and every registered model loaded."""
+        models = self.get_models()
+        return bool(models) and all([await model.healthy() for model in models.values()])
+
+    def metadata_with_version(self, model_metadata):
+        """KServe's `model_metadata` plus the V2 protocol's optional `versions`: the version being served (what
+        `ncfctl status` reports), which KServe leaves out."""
+
+        async def with_version(model_name: str) -> dict:
+            metadata = await model_metadata(model_name)
+            version = getattr(self.get_model(model_name), "version", None)
+            return {**metadata, "versions": [version]} if version else metadata
+
+        return with_version
 
     async def load(self, name: str) -> bool:
         async with self._swap_lock:  # one reload at a time

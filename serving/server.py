@@ -9,6 +9,10 @@ Endpoints (KServe's): /v1/models/ncf:predict, /v2/models/ncf/infer, /v2/models/n
 /v2/health/live, /v2/health/ready, /v2/repository/models/ncf/load (hot swap: re-reads the source, e.g. the
 model the `champion` alias points at now), /metrics (Prometheus); with --sagemaker-routes also SageMaker's
 /ping and /invocations (serving/sagemaker_routes.py). One worker: scale with replicas.
+In front of KServe (`RequestGuard`): a body is read as JSON whatever its Content-Type says (`curl -d` sends
+application/x-www-form-urlencoded), and bodies over --max-body-bytes get 413 before they are read.
+/v2/health/ready is true only while every registered model is loaded (KServe's own answer stays true after the
+last model is unloaded).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ncf.config import add_arguments, from_namespace, param
-from ncf.errors import UserError, exit_on_user_error
+from ncf.errors import PORT_IN_USE, Fault, UserError, exit_on_user_error
 from serving.sagemaker_routes import SAGEMAKER_COMMAND, add_sagemaker_routes, sagemaker_argv
 
 
@@ -40,6 +44,8 @@ class ServeConfig:
     enable_grpc: bool = param(True, "serve the V2 gRPC protocol too")
     max_k: int = param(100, "largest k a request may ask for")
     max_instances: int = param(64, "most users per request")
+    max_id_length: int = param(256, "longest user / item id a request may carry (400 beyond)")
+    max_body_bytes: int = param(1 << 20, "largest request body in bytes (413 beyond; gRPC messages too)")
     torch_threads: int = param(1, "intra-op threads for scoring (1 is fastest for one small forward per request)")
     access_log: bool = param(False, "log every request (costs throughput)")
     sagemaker_routes: bool = param(False, "also serve SageMaker's GET /ping and POST /invocations (V1 body)")
@@ -81,8 +87,8 @@ def build_server(config: ServeConfig):
 
     from serving.predictor import NCFModel, NCFRepository
 
-    if config.max_k < 1 or config.max_instances < 1:
-        raise UserError("max_k and max_instances must be >= 1")
+    if min(config.max_k, config.max_instances, config.max_id_length, config.max_body_bytes) < 1:
+        raise UserError("max_k, max_instances, max_id_length and max_body_bytes must be >= 1")
     torch.set_num_threads(config.torch_threads)
     source = resolve_source(config.model_uri)
     tracking_uri = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -91,7 +97,7 @@ def build_server(config: ServeConfig):
         if name != config.model_name:
             raise UserError(f"unknown model {name!r}; this server serves {config.model_name!r}")
         return NCFModel(name, source, tracking_uri=tracking_uri, max_k=config.max_k,
-                        max_instances=config.max_instances)
+                        max_instances=config.max_instances, max_id_length=config.max_id_length)
 
     model = new_model(config.model_name)
     model.load()
@@ -108,7 +114,7 @@ def build_server(config: ServeConfig):
                 futures.ThreadPoolExecutor(max_workers=max_workers),
                 interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
                 options=[("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
-                         ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length"))])
+                         ("grpc.max_receive_message_length", config.max_body_bytes)])
             grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
                 InferenceServicer(self._data_plane, self._model_repository_extension), self._server)
             self._server.add_insecure_port(f"{config.host}:{self._port}")
@@ -143,9 +149,13 @@ def build_server(config: ServeConfig):
                 await self._grpc_server.stop()
 
     _bad_requests_are_400()
+    _guard_requests(config.max_body_bytes)
+    repository = NCFRepository(new_model)
     server = HostModelServer(http_port=config.http_port, grpc_port=config.grpc_port, workers=1,
-                             enable_grpc=config.enable_grpc, registered_models=NCFRepository(new_model),
+                             enable_grpc=config.enable_grpc, registered_models=repository,
                              enable_latency_logging=False, grace_period=5)
+    server.dataplane.ready = repository.all_ready  # REST /v2/health/ready and gRPC ServerReady
+    server.dataplane.model_metadata = repository.metadata_with_version(server.dataplane.model_metadata)
     if config.sagemaker_routes:
         add_sagemaker_routes(server.dataplane, config.model_name)
     quiet = logging.WARNING
@@ -168,6 +178,95 @@ def _bad_requests_are_400() -> None:
     app.add_exception_handler(RequestValidationError, handler)
 
 
+_JSON_TYPES = (b"application/json", b"application/cloudevents+json")
+# A body that is not JSON on purpose: V2's binary tensor extension, CloudEvents' binary mode.
+_NON_JSON_MARKERS = (b"inference-header-content-length", b"ce-specversion")
+
+
+class RequestGuard:
+    """ASGI middleware in front of KServe's handlers, for POST / PUT / PATCH requests.
+
+    - JSON whatever the Content-Type: KServe passes a non-JSON type's body through as raw bytes (V1: the model gets
+      bytes; V2: it is taken for the binary extension), so a pasted `curl -d '{...}'` got 400. The type is set to
+      application/json unless the request marks its body as binary on purpose.
+    - 413 for a body over `max_bytes`, decided before the handler reads it: a declared Content-Length over the cap
+      is refused at once; a chunked body is read up to the cap and replayed to the handler (the predict handlers
+      read the whole body anyway).
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if content_type not in _JSON_TYPES and not any(m in headers for m in _NON_JSON_MARKERS):
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                     + [(b"content-type", b"application/json")]}
+        length = headers.get(b"content-length")
+        if length is not None:  # the HTTP server delivers exactly that many bytes
+            if not length.isdigit() or int(length) > self.max_bytes:
+                return await self._refuse(send, length.decode(errors="replace"))
+            return await self.app(scope, receive, send)
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._refuse(send, f"more than {size}")
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, send, size: str) -> None:
+        import json
+
+        body = json.dumps({"error": f"request body: {size} bytes, at most {self.max_bytes} "
+                                    "(ncfctl serve --max-body-bytes)"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _guard_requests(max_bytes: int) -> None:
+    """Install `RequestGuard` on KServe's app once per process (later servers in the process change its cap)."""
+    from kserve.model_server import app
+
+    existing = next((m for m in app.user_middleware if m.cls is RequestGuard), None)
+    if existing is None:
+        app.add_middleware(RequestGuard, max_bytes=max_bytes)
+    else:
+        existing.kwargs["max_bytes"] = max_bytes
+
+
+def check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Fail with a port-in-use fault naming the port before anything loads (the server would bind them later).
+
+    `ports`: label -> port. Binds as uvicorn and gRPC do (SO_REUSEADDR), so only a live listener counts as busy.
+    """
+    import errno
+    import socket
+
+    for label, port in ports.items():
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise Fault(PORT_IN_USE, f"{host}:{port} ({label}) is already in use") from exc
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -176,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ncfctl serve", description=__doc__.split("\n")[0])
     add_arguments(parser, ServeConfig)
     config = from_namespace(ServeConfig, parser.parse_args(argv))
+    check_ports_free(config.host, {"HTTP": config.http_port, **({"gRPC": config.grpc_port} if config.enable_grpc
+                                                               else {})})
     model, server = build_server(config)
     grpc = f", gRPC {config.host}:{config.grpc_port}" if config.enable_grpc else ""
     print(f"serving {config.model_name} (version {model.version}, from {model.source}) on "

@@ -113,3 +113,14 @@ def test_grpc_is_off_and_kserve_routes_stay(sagemaker_endpoint):
     url, _ = sagemaker_endpoint
     assert _call("GET", f"{url}/v2/health/ready")[0] == 200  # the image's HEALTHCHECK path still answers
     assert _call("GET", f"{url}/ping")[0] == 200
+
+
+def test_the_documented_invocations_query_works_in_a_shell(sagemaker_endpoint):
+    url, _ = sagemaker_endpoint
+    text = (REPO_ROOT / "docs" / "serving.md").read_text()
+    command = re.search(r"`(curl -d '[^`]*' localhost:8085/invocations)`", text).group(1)
+    done = subprocess.run(["bash", "-c", command.replace("localhost:8085", url)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    (prediction,) = json.loads(done.stdout)["predictions"]
+    assert prediction["user_id"] == "196" and len(prediction["item_ids"]) == 5

@@ -44,7 +44,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ncf import storage, train  # noqa: E402
+from ncf import contracts, storage, train  # noqa: E402
 from ncf.data import Partition, load_partition  # noqa: E402
 from ncf.evaluate import hit_ndcg  # noqa: E402
 from ncf.models import ModelSpec, build_model  # noqa: E402
@@ -231,7 +231,7 @@ def popularity_metrics(partition: Partition, k: int = 10) -> tuple[float, float]
 def ensure_partition(args) -> str:
     if args.partition_uri:
         return args.partition_uri
-    uri = storage.partition_uri(args.data_dir, "2000-01-01")
+    uri = contracts.partition_uri(args.data_dir, "2000-01-01")
     if not storage.is_complete(uri):
         if not ML100K.exists():
             raise SystemExit(f"error: MovieLens-100K not found at {ML100K} (set NCF_SHARED_DIR) and no --partition-uri")

@@ -25,7 +25,7 @@ def gate(
 ) -> bool:
     """Registers the challenger, scores it and the champion on the same partition, moves the alias or not."""
     args = dict(locals())  # first statement: the parameters, by name, for the step's config
-    from ncf import storage
+    from ncf import contracts, storage
     from ncf.config import pipeline_fields
     from ncf.gate import GateConfig, run
 
@@ -45,6 +45,6 @@ def gate(
     scores.log_metric("version", int(result.version))
     report.metadata.update({"reason": result.reason, "report_uri": result.report_uri, "version": result.version})
     with open(report.path, "wb") as out:
-        out.write(storage.read_bytes(storage.join(result.report_uri, "gate.html")))
+        out.write(storage.read_bytes(storage.join(result.report_uri, contracts.GATE_REPORT_HTML)))
     print(f"gate: {model_name} v{result.version} {'PROMOTED' if result.promoted else 'kept champion'}: {result.reason}")
     return bool(result.promoted)

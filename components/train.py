@@ -28,7 +28,7 @@ def train(
     args = dict(locals())  # first statement: the parameters, by name, for the step's config
     import json
 
-    from ncf import storage
+    from ncf import contracts
     from ncf.config import pipeline_fields
     from ncf.train import TrainConfig, run
 
@@ -36,7 +36,7 @@ def train(
     run_name = f"{partition.metadata['run_date']}-{pipeline_run_id}"
     config = TrainConfig(
         partition_uri=partition.metadata["partition_uri"],
-        output_uri=storage.join(partition.metadata["storage_root"], "models", run_name),
+        output_uri=contracts.model_uri(partition.metadata["storage_root"], run_name),
         **user_facing,
     )
     result = run(config)

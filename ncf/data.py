@@ -11,11 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ncf import storage
+from ncf import contracts, storage
 from ncf.errors import UserError
-
-SCHEMA_VERSION = 1
-TABLES = ("train", "test", "test_negatives", "user_map", "item_map")
 
 
 @dataclasses.dataclass
@@ -74,14 +71,14 @@ def load_partition(uri: str | Path) -> Partition:
     uri = str(uri)
     storage.require_complete(uri, "partition", hint="re-run preprocessing")
     with storage.local_copy(uri) as root:
-        stats = storage.read_json(root / "stats.json")
-        if stats.get("schema_version") != SCHEMA_VERSION:
-            raise UserError(f"{uri}/stats.json: schema_version {stats.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-        train = _read_table(root, "train", uri)
-        test = _read_table(root, "test", uri)
-        negatives = _read_table(root, "test_negatives", uri)
-        user_ids = _id_lookup(_read_table(root, "user_map", uri), "user_id", "user_idx", uri)
-        item_ids = _id_lookup(_read_table(root, "item_map", uri), "item_id", "item_idx", uri)
+        stats = storage.read_json(root / contracts.PARTITION_STATS)
+        expected = contracts.PARTITION_SCHEMA_VERSION
+        if stats.get("schema_version") != expected:
+            raise UserError(f"{uri}/{contracts.PARTITION_STATS}: schema_version {stats.get('schema_version')!r}, "
+                            f"expected {expected}")
+        train, test, negatives, user_map, item_map = (_read_table(root, name, uri) for name in contracts.PARTITION_TABLES)
+        user_ids = _id_lookup(user_map, "user_id", "user_idx", uri)
+        item_ids = _id_lookup(item_map, "item_id", "item_idx", uri)
 
     test_users = _column(test, "user_idx", uri, np.int32)
     order = np.argsort(test_users, kind="stable")

@@ -32,6 +32,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 from ncf import storage
+from ncf.contracts import DEFAULT_FAMILY, PACKAGE_USER_IDS, mlflow_metric_key
 from ncf.errors import UserError
 
 DEFAULT_MODEL_NAME = "ncf"
@@ -238,11 +239,6 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in _REQUIREMENTS]
 
 
-def metric_key(name: str) -> str:
-    """MLflow keys cannot hold '@': `ndcg@10` -> `ndcg_at_10`."""
-    return name.replace("@", "_at_")
-
-
 def lineage_tags(package_uri: str, config: dict[str, Any], metrics: dict[str, float], *, partition_uri: str,
                  run_date: str, git_commit: str, pipeline_run_id: str) -> dict[str, str]:
     """Version tags: data partition + run date, code commit, pipeline run, hyperparameters, metrics."""
@@ -252,13 +248,14 @@ def lineage_tags(package_uri: str, config: dict[str, Any], metrics: dict[str, fl
         "run_date": run_date,
         "git_commit": git_commit,
         "pipeline_run_id": pipeline_run_id,
+        "family": str(config.get("family", DEFAULT_FAMILY)),
         "model_type": str(config.get("model_type", "")),
         "trained_on_partition": str(config.get("partition_uri", "")),
         "train_run_id": str(config.get("mlflow_run_id", "")),
     }
     tags.update({f"hp.{k}": json.dumps(v) if not isinstance(v, str) else v
                  for k, v in sorted(config.get("hyperparameters", {}).items())})
-    tags.update({f"metric.{metric_key(k)}": f"{v:.6f}" for k, v in sorted(metrics.items())
+    tags.update({f"metric.{mlflow_metric_key(k)}": f"{v:.6f}" for k, v in sorted(metrics.items())
                  if isinstance(v, int | float)})
     return {k: v for k, v in tags.items() if v != ""}
 
@@ -303,13 +300,13 @@ def register_package(package_uri: str, *, tracking_uri: str, model_name: str = D
             raise UserError(f"{package_uri}: model package is incomplete (no _SUCCESS marker)")
         # MLflow names an artifact directory after its basename: stage it as `package/`.
         local_package = Path(shutil.copytree(source, Path(tmp) / PACKAGE_ARTIFACT))
-        first_user = json.loads((local_package / "user_ids.json").read_text())[0]
+        first_user = json.loads((local_package / PACKAGE_USER_IDS).read_text())[0]
         with active_store(tracking_uri), mlflow.start_run(**run_args) as run:
             if params and not run_id:  # the training run has its parameters already
                 mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
             if metrics:
                 prefix = "gate." if run_id else ""
-                mlflow.log_metrics({prefix + metric_key(k): float(v) for k, v in metrics.items()})
+                mlflow.log_metrics({prefix + mlflow_metric_key(k): float(v) for k, v in metrics.items()})
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=NCFPythonModel(),

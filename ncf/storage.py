@@ -359,17 +359,3 @@ def _release_s3_lock(lock: str, token: str) -> None:
         return
     if held.get("token") == token:
         s3_client().delete_object(Bucket=bucket, Key=key)
-
-
-def partition_uri(root: str | os.PathLike, run_date: str) -> str:
-    """`<root>/data/dt=YYYY-MM-DD`: where the preprocess step writes a run date's partition."""
-    return join(root, "data", f"dt={run_date}")
-
-
-def complete_partitions(root: str | os.PathLike) -> list[str]:
-    """Run dates under `<root>/data` whose partitions are complete, oldest first."""
-    data = join(root, "data")
-    if not exists(data):
-        return []
-    dates = [n[3:] for n in list_dir(data) if n.startswith("dt=")]
-    return [d for d in sorted(dates) if is_complete(partition_uri(root, d))]

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ncf import errors, storage
+from ncf import contracts, errors, storage
 from ncf.errors import UserError, exit_on_user_error
 from pipelines import definition
 from pipelines import params as pipeline_params
@@ -83,7 +83,7 @@ def synthetic_input(root: str, run_date: str, num_events: int, index: int, conso
     whose output goes to `<log_dir>/generate.log`)."""
     from spark.generate import GenerateConfig
 
-    output = storage.join(root, "raw", f"dt={run_date}")
+    output = contracts.raw_uri(root, run_date)
     if storage.is_complete(output):
         console.line(f"  {'generate':<10}  reusing {display_path(output)}")
         return output
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     for index, run_date in enumerate(dates):
         log_dir = root / "logs" / f"{run_date}-{stamp}"
         _log(console, f"[{index + 1}/{len(dates)}] run_date={run_date}: {steps}")
-        existing = len([d for d in storage.complete_partitions(root) if d != run_date])
+        existing = len([d for d in contracts.complete_partitions(root) if d != run_date])
         input_uri = args.input or synthetic_input(str(root), run_date, args.num_events, existing, console, log_dir)
         runner = StepRunner(log_dir, console, step_summary)
         summary = run_once(pipeline, {**values, "input_uri": str(input_uri), "run_date": run_date}, pipeline_root,

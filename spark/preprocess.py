@@ -35,14 +35,13 @@ from typing import Any
 if __package__ in (None, ""):  # `spark-submit spark/preprocess.py`: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ncf import storage
+from ncf import contracts, storage
 from ncf.config import add_arguments, from_namespace, param
 from ncf.errors import UserError, exit_on_user_error
 from spark.input_schema import FORMATS, REPEAT_WEIGHTS, TIMESTAMP_UNITS
 from spark.input_schema import resolve as resolve_schema
 from spark.readers import detect_format, read_interactions
 
-SCHEMA_VERSION = 1
 # Passes of the iterative minimum-interaction filter before giving up on an exact fixed point.
 MAX_FILTER_PASSES = 20
 
@@ -272,7 +271,7 @@ def partition_fingerprint(spark, root: str) -> tuple[str, dict[str, Any]]:
         row["table"]: {"rows": row["rows"], "xxhash64_sum": str(row["hash_sum"] or 0), "columns": columns[row["table"]]}
         for row in functools.reduce(DataFrame.union, parts).collect()
     }
-    content = json.dumps({"schema_version": SCHEMA_VERSION, "tables": tables}, sort_keys=True)
+    content = json.dumps({"schema_version": contracts.PARTITION_SCHEMA_VERSION, "tables": tables}, sort_keys=True)
     return hashlib.sha256(content.encode()).hexdigest(), tables
 
 
@@ -280,7 +279,7 @@ def _published(partition_uri: str) -> dict[str, Any] | None:
     """stats.json of the complete partition at `partition_uri`, None when there is none."""
     if not storage.is_complete(partition_uri):
         return None
-    return storage.read_json(storage.join(partition_uri, "stats.json"))
+    return storage.read_json(storage.join(partition_uri, contracts.PARTITION_STATS))
 
 
 def _publish(tables: Path, partition_uri: str, stats: dict[str, Any], before: dict[str, Any] | None,
@@ -322,7 +321,7 @@ def run(config: PreprocessConfig) -> PreprocessResult:
 
     run_date = _validate(config)
     schema = resolve_schema(config)
-    partition_uri = storage.partition_uri(config.storage_root, run_date)
+    partition_uri = contracts.partition_uri(config.storage_root, run_date)
     stage = _Stages()
     started = time.perf_counter()
     direct = config.input_uri.startswith("s3a://")
@@ -387,7 +386,7 @@ def run(config: PreprocessConfig) -> PreprocessResult:
         for checksum in tables.rglob(".*.crc"):
             checksum.unlink()
         stats = {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": contracts.PARTITION_SCHEMA_VERSION,
             "run_date": run_date,
             "fingerprint": fingerprint,
             "fingerprint_tables": fingerprint_tables,
@@ -434,7 +433,7 @@ def run(config: PreprocessConfig) -> PreprocessResult:
         with stage("publish"):
             stats["stage_seconds"] = stage.seconds
             stats["seconds"] = round(time.perf_counter() - started, 3)
-            storage.write_json(tables / "stats.json", stats)
+            storage.write_json(tables / contracts.PARTITION_STATS, stats)
             outcome, published = _publish(tables, partition_uri, stats, before, config.overwrite)
     if outcome != "identical":
         published["stage_seconds"] = stage.seconds

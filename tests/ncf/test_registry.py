@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ncf import gate, registry
+from ncf import contracts, gate, registry
 from ncf.errors import UserError
 from tests.mlflow_fixtures import (  # noqa: F401  (fixtures)
     assert_top_k,
@@ -90,7 +90,7 @@ def test_server_postgres_s3_register_gate_load(mlflow_server, moto_server, s3_bu
         monkeypatch.setenv(key, value)
     tracking_uri, _ = mlflow_server
     root = f"s3://{s3_bucket}/ncf"
-    partition = make_partition(uri=storage.partition_uri(root, "2026-11-27"))
+    partition = make_partition(uri=contracts.partition_uri(root, "2026-11-27"))
     write_partition(partition, partition.uri)
     # Distinguishable packages (metrics, weights, rankings), so serving the wrong one cannot pass.
     first = make_package(f"{root}/models/run-1", partition, oracle_model(partition, 2.0), metrics={"ndcg@10": 0.21})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ncf import storage
+from ncf import contracts, storage
 from ncf.errors import UserError
 
 
@@ -49,11 +49,11 @@ def test_rewrite_replaces_and_drops_stale_files(tmp_path):
 
 def test_complete_partitions_ignores_unfinished(tmp_path):
     for date, done in (("2026-01-01", True), ("2026-01-02", False), ("2026-01-03", True)):
-        part = Path(storage.partition_uri(tmp_path, date))
+        part = Path(contracts.partition_uri(tmp_path, date))
         part.mkdir(parents=True)
         if done:
             (part / storage.SUCCESS).touch()
-    assert storage.complete_partitions(tmp_path) == ["2026-01-01", "2026-01-03"]
+    assert contracts.complete_partitions(tmp_path) == ["2026-01-01", "2026-01-03"]
 
 
 def test_read_errors_name_the_file(tmp_path):
@@ -71,7 +71,7 @@ def test_s3_publish_download_and_replace(tmp_path, s3_bucket):
     assert storage.is_complete(dest)
     assert storage.list_dir(dest) == ["_SUCCESS", "a.txt", "sub"]
     assert storage.read_bytes(storage.join(dest, "a.txt")) == b"new"
-    assert storage.complete_partitions(f"s3://{s3_bucket}/root") == ["2026-01-01"]
+    assert contracts.complete_partitions(f"s3://{s3_bucket}/root") == ["2026-01-01"]
     assert storage.list_dir(f"s3://{s3_bucket}") == ["root"], "staging prefix is cleaned up"
     with storage.local_copy(dest) as local:
         assert (local / "sub" / "b.txt").read_text() == "2"

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ncf import storage
+from ncf import contracts
 from ncf.data import load_partition
 from ncf.errors import UserError
 from spark import generate
@@ -154,8 +154,8 @@ def test_failed_runs_change_nothing_and_a_rerun_replaces_atomically(spark, event
 
     day_one = snapshot("2026-01-01")
     run(_config(events_dir, root, "2026-01-02", num_test_negatives=30, overwrite=True))
-    assert storage.complete_partitions(root) == ["2026-01-01", "2026-01-02"]
-    assert load_partition(storage.partition_uri(root, "2026-01-02")).test_negatives.shape[1] == 30
+    assert contracts.complete_partitions(root) == ["2026-01-01", "2026-01-02"]
+    assert load_partition(contracts.partition_uri(root, "2026-01-02")).test_negatives.shape[1] == 30
     assert snapshot("2026-01-01") == day_one  # other dates untouched
     assert sorted(os.listdir(root / "data")) == [".locks", "dt=2026-01-01", "dt=2026-01-02"]  # no staging leftovers
 
@@ -170,7 +170,7 @@ def test_s3_input_and_output_through_moto(spark, s3_bucket, tmp_path, write_text
     root = f"s3://{s3_bucket}/platform"
     result = run(_config(f"s3://{s3_bucket}/raw/ml/u.data", root, num_test_negatives=10, min_item_interactions=0))
     assert result.partition_uri == f"{root}/data/dt=2026-01-01"
-    assert storage.complete_partitions(root) == ["2026-01-01"]
+    assert contracts.complete_partitions(root) == ["2026-01-01"]
     keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="platform/")["Contents"]}
     assert "platform/data/dt=2026-01-01/_SUCCESS" in keys and "platform/data/dt=2026-01-01/stats.json" in keys
     partition = load_partition(result.partition_uri)
@@ -267,7 +267,7 @@ def test_spark_submit_runs_the_same_job(events_dir, tmp_path):
         capture_output=True, text=True, timeout=300, cwd=REPO, env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    partition = load_partition(storage.partition_uri(tmp_path, "2026-03-04"))
+    partition = load_partition(contracts.partition_uri(tmp_path, "2026-03-04"))
     assert partition.stats["spark_master"] == "local[1]"
     _check_partition(partition, num_negatives=10)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ncf import registry, storage
+from ncf import contracts, registry
 from ncf.data import load_partition
 from tests.mlflow_fixtures import free_port
 
@@ -70,14 +70,14 @@ def test_two_days_of_a_retail_log_train_gate_and_serve(spark, tmp_path):
                 served = deploy.run(config)
                 pid = json.loads(deploy.state_path(config, tracking_uri).read_text())["pid"]
                 assert served.version == decision.version
-        assert storage.complete_partitions(root) == ["2026-02-01", "2026-02-02"]
+        assert contracts.complete_partitions(root) == ["2026-02-01", "2026-02-02"]
         first, second = decisions
         assert first.promoted and first.champion_version is None  # the first model becomes the champion
         assert second.champion_version == first.version  # the next night is gated against it
         champion = registry.alias_version(tracking_uri, "ncf", registry.CHAMPION).version
         assert str(champion) == (second.version if second.promoted else first.version)
 
-        latest = load_partition(storage.partition_uri(root, "2026-02-02"))
+        latest = load_partition(contracts.partition_uri(root, "2026-02-02"))
         customer = str(latest.user_ids[0])
         assert customer.isdigit()  # a CustomerID as the log spells it
         response = fetch_recommendation(predict_url(served.endpoint, "ncf"), customer, k=5)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ncf import storage
+from ncf import contracts, storage
 from ncf.data import load_partition
 from spark.preprocess import PreprocessConfig, run
 from spark.standalone import standalone_cluster
@@ -51,11 +51,11 @@ def test_ml100k_partition_on_a_standalone_cluster_is_identical_to_local(spark, m
 
     local = run(PreprocessConfig(input_uri=str(ml100k_path), storage_root=str(tmp_path / "local"), run_date=RUN_DATE,
                                  min_user_interactions=0, min_item_interactions=0))
-    on_cluster = storage.read_json(storage.partition_uri(tmp_path / "on-cluster", RUN_DATE) + "/stats.json")
+    on_cluster = storage.read_json(contracts.partition_uri(tmp_path / "on-cluster", RUN_DATE) + "/stats.json")
     assert on_cluster["spark_master"] == cluster.master_url and local.stats["spark_master"].startswith("local")
     assert on_cluster["fingerprint"] == local.stats["fingerprint"]
     assert on_cluster["fingerprint_tables"] == local.stats["fingerprint_tables"]
     ours = _sorted_tables(load_partition(local.partition_uri))
-    theirs = _sorted_tables(load_partition(storage.partition_uri(tmp_path / "on-cluster", RUN_DATE)))
+    theirs = _sorted_tables(load_partition(contracts.partition_uri(tmp_path / "on-cluster", RUN_DATE)))
     for name, values in ours.items():
         assert np.array_equal(values, theirs[name]), name

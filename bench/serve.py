@@ -38,6 +38,7 @@ def fresh_package(directory: Path, num_users: int = 943, num_items: int = 1682, 
     import torch
 
     from ncf.data import Partition
+    from ncf.families.ncf import export
     from ncf.models import ModelSpec, build_model
     from ncf.package import package_tables, save_package
 
@@ -53,7 +54,7 @@ def fresh_package(directory: Path, num_users: int = 943, num_items: int = 1682, 
         user_ids=np.asarray([str(u + 1) for u in range(num_users)], dtype=object),
         item_ids=np.asarray([str(i + 1) for i in range(num_items)], dtype=object), stats={})
     model = build_model(ModelSpec("NeuMF", num_users, num_items, factor_num=32, num_layers=3)).eval()
-    return save_package(directory, model, **package_tables(partition), metrics={})
+    return save_package(directory, export(model), **package_tables(partition), metrics={})
 
 
 def baseline_server(http_port: int, grpc_port: int) -> None:

@@ -46,8 +46,8 @@ import torch  # noqa: E402
 
 from ncf import contracts, storage, train  # noqa: E402
 from ncf.data import Partition, load_partition  # noqa: E402
-from ncf.evaluate import hit_ndcg  # noqa: E402
 from ncf.models import ModelSpec, build_model  # noqa: E402
+from ncf.ranking import hit_ndcg  # noqa: E402
 from ncf.sampling import NegativeSampler  # noqa: E402
 
 SHARED = Path(os.environ.get("NCF_SHARED_DIR", REPO.parent / "shared"))

@@ -1,8 +1,10 @@
 """The champion/challenger gate: adopt only retrains that are better on the same, newest data.
 
 1. Register the challenger (a model package) as a new version of the registered model; alias `challenger`.
-2. Score the challenger AND the current `champion` on the same test rows of the newest partition, all of them,
-   with the same candidates (a champion's old metric on old data is not comparable). A model trained on another
+2. Score the challenger AND the current `champion` on the same test rows of the newest partition, with the same
+   candidates (a champion's old metric on old data is not comparable): the sampled protocol on every test row, full
+   ranking on the same fixed-seed sample of at most `full_eval_users` rows, with 95% intervals. Any model family
+   scores through its package's scorer (`ncf.families`). A model trained on another
    partition may not know some users / items: an unknown user gets the model's popularity ranking (as in serving),
    an unknown item ranks below every known one and the held-out item loses ties, so an unknown held-out item is a
    miss. The report says how many rows each model ranked natively.
@@ -21,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-import re
 import subprocess
 import sys
 import tempfile
@@ -30,11 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ncf import registry, storage
+from ncf import contracts, registry, storage
 from ncf.config import add_arguments, from_namespace, param
+from ncf.contracts import parse_metric
 from ncf.errors import UserError, exit_on_user_error
-
-_METRIC = re.compile(r"^(full_)?(hr|ndcg)@(\d+)$")
+from ncf.families.base import Scorer
+from ncf.ranking import all_cores
 
 
 @dataclasses.dataclass
@@ -50,6 +52,9 @@ class GateConfig:
     min_delta: float = param(0.0, "the challenger must beat the champion by at least this much (>= 0)",
                              pipeline=True)
     floor: float = param(0.0, "absolute minimum of gate_metric for any model to be promoted", pipeline=True)
+    full_eval_users: int = param(contracts.DEFAULT_FULL_EVAL_USERS,
+                                 "full-ranking metrics over a fixed-seed sample of at most this many test users, the "
+                                 "same users for both models (every user when fewer; 0: every user)")
     bootstrap_samples: int = param(0, "paired bootstrap resamples over users (0: no significance test)")
     significance: float = param(0.05, "max one-sided p-value of the bootstrap for the gain to count")
     seed: int = param(0, "bootstrap random seed")
@@ -91,6 +96,7 @@ class GateResult:
     reason: str
     p_value: float | None
     num_users: int  # test rows both models were scored on (every test row of the partition)
+    full_eval_users: int  # of those, the rows full ranking scored (the same fixed-seed sample for both models)
     report_uri: str
     challenger_metrics: dict[str, float]
     champion_metrics: dict[str, float] | None
@@ -98,14 +104,6 @@ class GateResult:
     champion_coverage: Coverage | None
     # "challenger" / "champion" -> whether its training partition still holds the data it was trained on
     training_partitions: dict[str, PartitionCheck] = dataclasses.field(default_factory=dict)
-
-
-def parse_metric(name: str) -> tuple[bool, str, int]:
-    """`full_ndcg@10` -> (full_ranking=True, "ndcg", 10)."""
-    match = _METRIC.match(name)
-    if not match:
-        raise UserError(f"gate_metric: {name!r} is not one of hr@K, ndcg@K, full_hr@K, full_ndcg@K")
-    return bool(match.group(1)), match.group(2), int(match.group(3))
 
 
 def paired_bootstrap_p(challenger: np.ndarray, champion: np.ndarray, samples: int, seed: int = 0) -> float:
@@ -151,9 +149,6 @@ def decide(challenger: float, champion: float | None, *, min_delta: float, floor
 
 # ---- scoring both models on the same rows --------------------------------------------------------------------
 
-_FULL_RANKING_CHUNK = 1 << 24  # scores materialised per chunk in full ranking
-_UNRANKED = np.iinfo(np.int64).max  # the rank of a held-out item the model does not know: a miss at every K
-
 
 @dataclasses.dataclass
 class Coverage:
@@ -168,7 +163,7 @@ class Coverage:
 @dataclasses.dataclass
 class Scores:
     metrics: dict[str, float]
-    per_user: np.ndarray  # the gate metric per test row, aligned with partition.test_users
+    per_user: np.ndarray  # the gate metric per scored row: all test rows (sampled) or the full-ranking sample
     coverage: Coverage
 
 
@@ -177,32 +172,28 @@ def _map_ids(ids: np.ndarray, index: dict[str, int]) -> np.ndarray:
     return np.fromiter((index.get(str(x), -1) for x in ids), dtype=np.int64, count=len(ids))
 
 
-class _PartitionScorer:
-    """One package's scores for the partition's users and items, indexed in the PARTITION's id space.
+class PartitionScorer(Scorer):
+    """A package's scorer (`package.scorer`, any family) in the PARTITION's id space.
 
-    - A known user gets the model's logits; an unknown user the package's training popularity (what serving falls
+    - A known user gets the model's scores; an unknown user the package's training popularity (what serving falls
       back to), so every row is scored.
-    - An item the model does not know scores -inf: below every item it knows (a NaN logit counts the same).
-    Ranks count competitors scoring >= the held-out item, so the held-out item loses every tie (with another known
-    item, or with unknown items when its own logit is NaN). A held-out item the model does not know gets rank
-    `_UNRANKED`: a miss at every K, whatever the number of candidates.
+    - `known_items` marks the partition items the model knows; the ranking gives the others -inf (below every item
+      it knows) and makes a held-out item it does not know a miss at every K (`ncf.ranking`).
     """
 
     def __init__(self, package, partition):
-        from ncf.scoring import ItemScorer
-
-        self.scorer = ItemScorer(package.model)
+        self.scorer = package.scorer
+        self.num_items = partition.num_items
         self.users = torch.as_tensor(_map_ids(partition.user_ids, package.user_index))
         self.items = torch.as_tensor(_map_ids(partition.item_ids, package.item_index))
         self.known_items = self.items >= 0
         popularity = torch.as_tensor(package.popularity, dtype=torch.float32)
         self.popularity = torch.where(self.known_items, popularity[self.items.clamp(min=0)], -math.inf)
 
-    def _logits(self, users: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
+    def _scores(self, users: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
         """Rows for partition `users`: all partition items (items None) or per-row candidates [B, C]."""
         model_users = self.users[users]
         known_user = model_users >= 0
-        width = len(self.items) if items is None else items.shape[1]
         out = self.popularity.expand(len(users), -1).clone() if items is None else self.popularity[items]
         if known_user.any():
             kept = model_users[known_user]
@@ -211,41 +202,13 @@ class _PartitionScorer:
             else:
                 native = self.scorer.score_candidates(kept, self.items[items[known_user]].clamp(min=0))
             out[known_user] = native.float().cpu()
-        known = self.known_items.expand(len(users), -1) if items is None else self.known_items[items]
-        out = torch.nan_to_num(out, nan=-math.inf)  # a NaN logit ranks like an unknown item
-        return torch.where(known, out, torch.full((len(users), width), -math.inf))
+        return out
 
-    def sampled_ranks(self, partition) -> np.ndarray:
-        """Rank of each held-out item among the test row's sampled negatives."""
-        users = torch.as_tensor(partition.test_users, dtype=torch.long)
-        candidates = torch.cat([torch.as_tensor(partition.test_items, dtype=torch.long)[:, None],
-                                torch.as_tensor(partition.test_negatives, dtype=torch.long)], dim=1)
-        scores = self._logits(users, candidates)
-        return self._unknown_misses(partition, (scores[:, 1:] >= scores[:, :1]).sum(dim=1).numpy())
+    def score_all(self, users) -> torch.Tensor:
+        return self._scores(torch.as_tensor(users, dtype=torch.long).view(-1), None)
 
-    def _unknown_misses(self, partition, ranks: np.ndarray) -> np.ndarray:
-        unknown = ~self.known_items[torch.as_tensor(partition.test_items, dtype=torch.long)].numpy()
-        ranks[unknown] = _UNRANKED
-        return ranks
-
-    def full_ranks(self, partition, seen_indptr: np.ndarray, seen_indices: np.ndarray) -> np.ndarray:
-        """Rank of each held-out item among every partition item the user did not train on."""
-        users = np.asarray(partition.test_users, dtype=np.int64)
-        pos_items = np.asarray(partition.test_items, dtype=np.int64)
-        step = max(1, _FULL_RANKING_CHUNK // max(1, len(self.items)))
-        out = np.empty(users.size, dtype=np.int64)
-        for lo in range(0, users.size, step):
-            u, pos = users[lo:lo + step], torch.as_tensor(pos_items[lo:lo + step])
-            scores = self._logits(torch.as_tensor(u), None)
-            rows = torch.arange(len(u))
-            competes = torch.ones_like(scores, dtype=torch.bool)
-            counts = seen_indptr[u + 1] - seen_indptr[u]
-            flat = np.repeat(seen_indptr[u] - np.cumsum(np.r_[0, counts[:-1]]), counts) + np.arange(counts.sum())
-            competes[torch.as_tensor(np.repeat(np.arange(len(u)), counts)),
-                     torch.as_tensor(seen_indices[flat].astype(np.int64))] = False
-            competes[rows, pos] = False  # the held-out item does not compete with itself
-            out[lo:lo + step] = ((scores >= scores[rows, pos][:, None]) & competes).sum(dim=1).numpy()
-        return self._unknown_misses(partition, out)
+    def score_candidates(self, users, items) -> torch.Tensor:
+        return self._scores(torch.as_tensor(users, dtype=torch.long).view(-1), torch.as_tensor(items, dtype=torch.long))
 
     def coverage(self, partition) -> Coverage:
         known_user = (self.users[torch.as_tensor(partition.test_users, dtype=torch.long)] >= 0).numpy()
@@ -256,44 +219,34 @@ class _PartitionScorer:
 
 
 @torch.no_grad()
-def score_packages(packages: list, partition, gate_metric: str) -> list[Scores]:
-    """Evaluate every package on ALL test rows of `partition` (the same rows, the same candidates for each).
+def score_packages(packages: list, partition, gate_metric: str,
+                   full_eval_users: int = contracts.DEFAULT_FULL_EVAL_USERS) -> list[Scores]:
+    """Evaluate every package on the same test rows of `partition`, with the same candidates.
 
-    Both protocols, as `ncf.evaluate` defines them: sampled (held-out item vs. its sampled negatives) and full
-    ranking (vs. every item of the partition the user did not train on in the partition). Candidates are the
-    partition's items, so a model is neither helped by items that left the catalogue nor excused for items it has
-    never seen; see `_PartitionScorer` for unknown users / items.
+    Both protocols, as `ncf.evaluate` defines them: sampled (held-out item vs. its sampled negatives, every test
+    row) and full ranking (vs. every item of the partition the user did not train on in the partition, the same
+    fixed-seed sample of at most `full_eval_users` rows for every package). Candidates are the partition's items,
+    so a model is neither helped by items that left the catalogue nor excused for items it has never seen; see
+    `PartitionScorer` for unknown users / items.
     """
-    from ncf.evaluate import hit_ndcg
-    from ncf.sampling import seen_csr
+    from ncf.evaluate import evaluate
 
     full, kind, top_k = parse_metric(gate_metric)
     if len(partition.test_users) == 0:
         raise UserError(f"{partition.uri}: the partition has no test rows to score the gate on")
-    seen_indptr, seen_indices = seen_csr(partition.train_users, partition.train_items, partition.num_users)
     out = []
     for package in packages:
-        scorer = _PartitionScorer(package, partition)
-        per_protocol = {
-            "": hit_ndcg(scorer.sampled_ranks(partition), top_k),
-            "full_": hit_ndcg(scorer.full_ranks(partition, seen_indptr, seen_indices), top_k),
-        }
-        metrics = {f"{prefix}{name}@{top_k}": float(values.mean())
-                   for prefix, (hit, ndcg) in per_protocol.items() for name, values in (("hr", hit), ("ndcg", ndcg))}
-        hit, ndcg = per_protocol["full_" if full else ""]
-        out.append(Scores(metrics, hit if kind == "hr" else ndcg, scorer.coverage(partition)))
+        scorer = PartitionScorer(package, partition)
+        with all_cores():
+            result = evaluate(scorer, partition, top_k, full_eval_users=full_eval_users,
+                              known_items=scorer.known_items)
+        per_user = {(False, "hr"): result.hr_per_user, (False, "ndcg"): result.ndcg_per_user,
+                    (True, "hr"): result.full_hr_per_user, (True, "ndcg"): result.full_ndcg_per_user}[(full, kind)]
+        out.append(Scores(result.metrics(), per_user, scorer.coverage(partition)))
     return out
 
 
 # ---- the step ---------------------------------------------------------------------------------------------
-
-def _storage_root(model_uri: str) -> str:
-    """`<root>/models/<run-id>` -> `<root>` (the package layout of the train step)."""
-    parts = storage.join(model_uri).rstrip("/").rsplit("/", 2)
-    if len(parts) == 3 and parts[1] == "models":
-        return parts[0]
-    raise UserError(f"{model_uri}: not under <storage root>/models/; pass --tracking-uri and --report-uri")
-
 
 def _git_commit() -> str:
     try:
@@ -339,7 +292,7 @@ def run(config: GateConfig) -> GateResult:
         raise UserError(f"min_delta: must be >= 0, got {config.min_delta}")
     if config.bootstrap_samples < 0 or not 0 < config.significance < 1:
         raise UserError("bootstrap_samples must be >= 0 and significance in (0, 1)")
-    root = None if config.tracking_uri and config.report_uri else _storage_root(config.model_uri)
+    root = None if config.tracking_uri and config.report_uri else contracts.storage_root_of_model(config.model_uri)
     tracking_uri = registry.resolve_tracking_uri(config.tracking_uri, root)
 
     challenger = load_package(config.model_uri)
@@ -361,7 +314,7 @@ def _gate_locked(config: GateConfig, lock, tracking_uri: str, root, challenger, 
         with tempfile.TemporaryDirectory(prefix="ncf-champion-") as tmp:
             packages.append(load_package(registry.download_package(tracking_uri, config.model_name,
                                                                    str(previous.version), tmp)))
-    scores = score_packages(packages, partition, config.gate_metric)
+    scores = score_packages(packages, partition, config.gate_metric, config.full_eval_users)
     chall, champ = scores[0], (scores[1] if previous is not None else None)
     num_users = chall.coverage.rows
 
@@ -403,12 +356,13 @@ def _gate_locked(config: GateConfig, lock, tracking_uri: str, root, challenger, 
     if decision.promoted:
         registry.set_alias(tracking_uri, config.model_name, registry.CHAMPION, version.version)
 
-    report_uri = config.report_uri or storage.join(root, "reports", "gate", f"{config.model_name}-v{version.version}")
+    report_uri = config.report_uri or contracts.gate_report_uri(root, config.model_name, version.version)
     result = GateResult(
         promoted=decision.promoted, model_name=config.model_name, version=version.version,
         gate_metric=config.gate_metric, challenger_score=chall.metrics[config.gate_metric],
         champion_score=champion_score, champion_version=None if previous is None else str(previous.version),
-        reason=reason, p_value=decision.p_value, num_users=num_users, report_uri=str(report_uri),
+        reason=reason, p_value=decision.p_value, num_users=num_users,
+        full_eval_users=int(chall.metrics[contracts.FULL_EVAL_USERS]), report_uri=str(report_uri),
         challenger_metrics=chall.metrics, champion_metrics=champ.metrics if champ else None,
         challenger_coverage=chall.coverage, champion_coverage=champ.coverage if champ else None,
         training_partitions=checks)
@@ -418,7 +372,7 @@ def _gate_locked(config: GateConfig, lock, tracking_uri: str, root, challenger, 
     from ncf.report import write_gate_report  # matplotlib: imported only when a report is written
 
     with storage.staged_output(report_uri) as tmp:
-        storage.write_json(tmp / "gate.json", report)
+        storage.write_json(tmp / contracts.GATE_REPORT_JSON, report)
         write_gate_report(tmp, report, tracking_uri=tracking_uri, run_id=version.run_id)
     return result
 

@@ -1,19 +1,20 @@
 """The model package: the one artifact every step after training consumes (gate, registry, serving).
 
-Layout (schema version 1, docs/ARCHITECTURE.md):
-  weights.safetensors  model state dict            config.json   architecture + hyperparameters + lineage
-  user_ids.json        idx -> raw user id          item_ids.json idx -> raw item id
+Layout (schema version 1, `ncf.contracts`, docs/ARCHITECTURE.md):
+  weights.safetensors  the family's tensors          config.json   family + its architecture, hyperparameters, lineage
+  user_ids.json        idx -> raw user id            item_ids.json idx -> raw item id
   seen.npz             CSR of each user's training items (indptr int64 [num_users + 1], indices int32)
   popularity.npy       float32 [num_items] training interaction counts (cold-start fallback)
-  metrics.json         evaluation metrics           _SUCCESS     written last
-Loading a package rebuilds the exact model, so its scores are bit-identical to the exported model's.
+  metrics.json         evaluation metrics             _SUCCESS      written last
+`config.json` names the model `family` (`ncf.families`); a package without one was written before families existed
+and is an NCF package. Loading memory-maps the weights (an s3:// package is downloaded to a temporary directory
+first) and hands them to the family, whose scorer scores bit-identically to the exported model's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -21,19 +22,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from ncf import storage
+from ncf import contracts, families, storage
 from ncf.errors import UserError
-from ncf.models import NCF, ModelSpec, NCFEnsemble, build_model
-
-SCHEMA_VERSION = 1
-FILES = ("weights.safetensors", "config.json", "user_ids.json", "item_ids.json", "seen.npz", "popularity.npy",
-         "metrics.json")
+from ncf.families.base import ExportedModel, Scorer
 
 
 @dataclasses.dataclass
 class ModelPackage:
     uri: str
-    model: NCF | NCFEnsemble  # eval mode, CPU
+    family: str
+    weights: dict[str, torch.Tensor]  # memory-mapped, read-only use
     config: dict[str, Any]
     user_ids: list[str]
     item_ids: list[str]
@@ -41,6 +39,7 @@ class ModelPackage:
     seen_indices: np.ndarray
     popularity: np.ndarray
     metrics: dict[str, Any]
+    scorer: Scorer = dataclasses.field(init=False, repr=False)  # the family's, set by `load_package`
     user_index: dict[str, int] = dataclasses.field(init=False, repr=False)
     item_index: dict[str, int] = dataclasses.field(init=False, repr=False)
 
@@ -52,93 +51,103 @@ class ModelPackage:
         return self.seen_indices[self.seen_indptr[user_idx]:self.seen_indptr[user_idx + 1]]
 
 
-def write_package(directory: str | Path, model: NCF | NCFEnsemble, *, user_ids, item_ids, seen_indptr: np.ndarray,
+def write_package(directory: str | Path, model: ExportedModel, *, user_ids, item_ids, seen_indptr: np.ndarray,
                   seen_indices: np.ndarray, popularity: np.ndarray, metrics: dict[str, Any],
                   hyperparameters: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write the package files (no `_SUCCESS`) into an existing local directory; see `save_package`."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    spec = model.spec
-    if len(user_ids) != spec.num_users or len(item_ids) != spec.num_items:
+    num_users, num_items = model.config["num_users"], model.config["num_items"]
+    if len(user_ids) != num_users or len(item_ids) != num_items:
         raise UserError(f"package: id maps ({len(user_ids)} users, {len(item_ids)} items) do not match the model "
-                        f"({spec.num_users}, {spec.num_items})")
-    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "weights.safetensors"))
+                        f"({num_users}, {num_items})")
+    save_file({k: v.contiguous() for k, v in model.weights.items()}, str(directory / contracts.PACKAGE_WEIGHTS))
     config = {
-        "schema_version": SCHEMA_VERSION,
-        **spec.to_dict(),
-        "score": "logit",
+        "schema_version": contracts.PACKAGE_SCHEMA_VERSION,
+        "family": model.family,
+        **model.config,
         "hyperparameters": dict(hyperparameters or {}),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
         **(extra or {}),
     }
-    storage.write_json(directory / "config.json", config)
-    storage.write_json(directory / "user_ids.json", [str(u) for u in user_ids])
-    storage.write_json(directory / "item_ids.json", [str(i) for i in item_ids])
-    np.savez(directory / "seen.npz", indptr=np.asarray(seen_indptr, dtype=np.int64),
+    storage.write_json(directory / contracts.PACKAGE_CONFIG, config)
+    storage.write_json(directory / contracts.PACKAGE_USER_IDS, [str(u) for u in user_ids])
+    storage.write_json(directory / contracts.PACKAGE_ITEM_IDS, [str(i) for i in item_ids])
+    np.savez(directory / contracts.PACKAGE_SEEN, indptr=np.asarray(seen_indptr, dtype=np.int64),
              indices=np.asarray(seen_indices, dtype=np.int32))
-    np.save(directory / "popularity.npy", np.asarray(popularity, dtype=np.float32))
-    storage.write_json(directory / "metrics.json", metrics)
+    np.save(directory / contracts.PACKAGE_POPULARITY, np.asarray(popularity, dtype=np.float32))
+    storage.write_json(directory / contracts.PACKAGE_METRICS, metrics)
     return directory
 
 
-def save_package(uri: str | Path, model: NCF | NCFEnsemble, **kwargs: Any) -> str:
+def save_package(uri: str | Path, model: ExportedModel, **kwargs: Any) -> str:
     """Publish a package at `uri` (local or s3://) atomically, `_SUCCESS` last. kwargs as `write_package`."""
     with storage.staged_output(uri) as tmp:
         write_package(tmp, model, **kwargs)
     return str(uri)
 
 
-def _load_npz(data: bytes, uri: str) -> tuple[np.ndarray, np.ndarray]:
+def _load_seen(path: Path, uri: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with np.load(io.BytesIO(data)) as npz:
-            return npz["indptr"].astype(np.int64), npz["indices"].astype(np.int32)
+        with np.load(path) as npz:
+            return npz["indptr"].astype(np.int64, copy=False), npz["indices"].astype(np.int32, copy=False)
     except (KeyError, ValueError, OSError) as exc:
-        raise UserError(f"{uri}/seen.npz: not a seen-items CSR ({exc})") from exc
+        raise UserError(f"{uri}/{contracts.PACKAGE_SEEN}: not a seen-items CSR ({exc})") from exc
 
 
 def load_package(uri: str | Path) -> ModelPackage:
-    """Load a complete package (local or s3://): the model in eval mode on CPU plus its lookup tables."""
-    from safetensors.torch import load
+    """Load a complete package (local or s3://): the family's scorer (CPU) plus the lookup tables.
+
+    The weights are memory-mapped from the package directory, not read into memory: a table is paged in as it is
+    used and never held twice. An s3:// package is downloaded to a temporary directory and mapped from there (the
+    mapping outlives the directory).
+    """
+    from safetensors.torch import load_file
 
     uri = str(uri)
     storage.require_complete(uri, "model package")
     with storage.local_copy(uri) as root:
-        missing = [name for name in FILES if not (root / name).exists()]
+        missing = [name for name in contracts.PACKAGE_FILES if not (root / name).exists()]
         if missing:
             raise UserError(f"{uri}: model package lacks {missing}")
-        config = storage.read_json(root / "config.json")
-        if config.get("schema_version") != SCHEMA_VERSION:
-            raise UserError(f"{uri}/config.json: schema_version {config.get('schema_version')!r}, "
-                            f"expected {SCHEMA_VERSION}")
+        config = storage.read_json(root / contracts.PACKAGE_CONFIG)
+        if config.get("schema_version") != contracts.PACKAGE_SCHEMA_VERSION:
+            raise UserError(f"{uri}/{contracts.PACKAGE_CONFIG}: schema_version {config.get('schema_version')!r}, "
+                            f"expected {contracts.PACKAGE_SCHEMA_VERSION}")
         try:
-            state = load((root / "weights.safetensors").read_bytes())
+            weights = load_file(root / contracts.PACKAGE_WEIGHTS)
         except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise UserError(f"{uri}/weights.safetensors: unreadable ({exc})") from exc
-        user_ids = json.loads((root / "user_ids.json").read_text())
-        item_ids = json.loads((root / "item_ids.json").read_text())
-        indptr, indices = _load_npz((root / "seen.npz").read_bytes(), uri)
-        popularity = np.load(root / "popularity.npy")
-        metrics = storage.read_json(root / "metrics.json")
-    model = build_model(ModelSpec.from_dict(config))
+            raise UserError(f"{uri}/{contracts.PACKAGE_WEIGHTS}: unreadable ({exc})") from exc
+        user_ids = json.loads((root / contracts.PACKAGE_USER_IDS).read_text())
+        item_ids = json.loads((root / contracts.PACKAGE_ITEM_IDS).read_text())
+        indptr, indices = _load_seen(root / contracts.PACKAGE_SEEN, uri)
+        popularity = np.load(root / contracts.PACKAGE_POPULARITY)
+        metrics = storage.read_json(root / contracts.PACKAGE_METRICS)
+    name = config.get("family", contracts.DEFAULT_FAMILY)
     try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise UserError(f"{uri}/weights.safetensors: does not match config.json ({exc})") from exc
-    model.eval()
-    if len(user_ids) != model.spec.num_users or len(item_ids) != model.spec.num_items \
-            or indptr.size != model.spec.num_users + 1 or popularity.size != model.spec.num_items:
-        raise UserError(f"{uri}: id maps / seen.npz / popularity.npy sizes disagree with config.json")
-    return ModelPackage(uri, model, config, user_ids, item_ids, indptr, indices, popularity, metrics)
+        family = families.get(name)
+    except UserError as exc:
+        raise UserError(f"{uri}/{contracts.PACKAGE_CONFIG}: {exc}") from exc
+    num_users, num_items = config.get("num_users"), config.get("num_items")
+    if len(user_ids) != num_users or len(item_ids) != num_items or indptr.size != len(user_ids) + 1 \
+            or popularity.size != len(item_ids):
+        raise UserError(f"{uri}: id maps / {contracts.PACKAGE_SEEN} / {contracts.PACKAGE_POPULARITY} sizes disagree "
+                        f"with {contracts.PACKAGE_CONFIG} ({num_users} users, {num_items} items)")
+    package = ModelPackage(uri, name, weights, config, user_ids, item_ids, indptr, indices, popularity, metrics)
+    try:
+        package.scorer = family.load(weights, config, package)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise UserError(f"{uri}/{contracts.PACKAGE_WEIGHTS}: does not match {contracts.PACKAGE_CONFIG} ({exc})") from exc
+    return package
 
 
 def package_tables(partition) -> dict[str, Any]:
     """The partition-derived package tables: id maps, seen CSR (training items) and popularity."""
-    from ncf.sampling import seen_csr
+    from ncf.splits import Interactions
 
-    indptr, indices = seen_csr(partition.train_users, partition.train_items, partition.num_users)
-    popularity = np.bincount(partition.train_items, minlength=partition.num_items).astype(np.float32)
+    rows = Interactions.of(partition)
+    indptr, indices = rows.seen_csr()
     return {"user_ids": partition.user_ids, "item_ids": partition.item_ids, "seen_indptr": indptr,
-            "seen_indices": indices, "popularity": popularity}
+            "seen_indices": indices, "popularity": rows.item_counts()}

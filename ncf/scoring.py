@@ -13,9 +13,9 @@ probability; apply a sigmoid for a probability).
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from ncf.models import NCF, NCFEnsemble
+from ncf.families.base import Scorer
+from ncf.models import NCF, ModelSpec, NCFEnsemble
 
 # Upper bound on the [users, items, hidden] activations materialised at once (floats): ~256 MB.
 _ACTIVATION_BUDGET = 1 << 26
@@ -26,47 +26,79 @@ def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
-class ItemScorer:
+class ItemScorer(Scorer):
     """`ItemScorer(model).score_all(users)` -> [B, num_items]; `.score_candidates(users, items)` -> [B, C].
 
     `model`: an NCF or an NCFEnsemble of K members (K = 1 for an NCF); every table below has the members first.
+    `ItemScorer.from_state(spec, state)` builds the same scorer from a state dict (a package's memory-mapped
+    weights: the user tables are used in place, never copied).
+
+    Inner product (`user_vectors() @ item_vectors().T`): the GMF part of the logit, with the prediction layer's GMF
+    weights (divided by K) folded into the user vectors, members concatenated ([*, K * factor_num]). For GMF that
+    is the logit minus the constant bias ("exact"); for NeuMF the logit is that product plus the MLP tower's term and
+    the bias ("partial": retrieve with it, re-rank with `score_candidates`); MLP has no vectors.
     """
 
-    @torch.no_grad()
     def __init__(self, model: NCF | NCFEnsemble):
-        members = list(model.members) if isinstance(model, NCFEnsemble) else [model]
-        first = members[0]
-        self.device = next(model.parameters()).device
-        self.num_items = model.spec.num_items
-        k = len(members)
+        self._build(model.spec, model.state_dict())
+
+    @classmethod
+    def from_state(cls, spec: ModelSpec, state: dict[str, torch.Tensor]) -> ItemScorer:
+        scorer = cls.__new__(cls)
+        scorer._build(spec, state)
+        return scorer
+
+    @torch.no_grad()
+    def _build(self, spec: ModelSpec, state: dict[str, torch.Tensor]) -> None:
+        k = spec.members
+        prefixes = [""] if k == 1 else [f"members.{m}." for m in range(k)]
+
+        def tables(name: str) -> list[torch.Tensor]:
+            return [state[p + name].detach() for p in prefixes]
+
+        uses_gmf, uses_mlp = spec.model_type in ("GMF", "NeuMF"), spec.model_type in ("MLP", "NeuMF")
+        self.device = state[prefixes[0] + "predict_layer.weight"].device
+        self.num_items = spec.num_items
+        self.inner_product = {"GMF": "exact", "NeuMF": "partial"}.get(spec.model_type, "")
         # Each member's prediction layer, divided by K: the sum over members is then the mean of their logits.
-        predict = torch.stack([m.predict_layer.weight.detach().float()[0] for m in members]) / k  # [K, P]
-        self.bias = torch.stack([m.predict_layer.bias.detach().float()[0] for m in members]).sum() / k
+        predict = torch.stack([w.float()[0] for w in tables("predict_layer.weight")]) / k  # [K, P]
+        self.bias = torch.stack([b.float()[0] for b in tables("predict_layer.bias")]).sum() / k
         self.user_gmf = self.gmf_weight = self.item_gmf = None
         self.user_mlp = self.user_first = self.item_first = None
         self.tower: list[tuple[torch.Tensor, torch.Tensor]] = []
         offset = 0
-        if first.uses_gmf:
-            f = model.spec.factor_num
-            self.user_gmf = _stacked([m.embed_user_GMF.weight.detach() for m in members])  # [K, U, f]
+        if uses_gmf:
+            f = spec.factor_num
+            self.user_gmf = _stacked(tables("embed_user_GMF.weight"))  # [K, U, f]
             self.gmf_weight = predict[:, :f].reshape(1, k * f)
-            self.item_gmf = torch.cat([m.embed_item_GMF.weight.detach().float() for m in members], dim=1)  # [N, K f]
+            self.item_gmf = torch.cat([t.float() for t in tables("embed_item_GMF.weight")], dim=1)  # [N, K f]
             offset = f
-        if first.uses_mlp:
-            half = first.embed_user_MLP.embedding_dim
-            linears = [[layer for layer in m.MLP_layers if isinstance(layer, nn.Linear)] for m in members]
-            self.user_mlp = _stacked([m.embed_user_MLP.weight.detach() for m in members])  # [K, U, half]
-            self.user_first = torch.stack([ls[0].weight.detach().float()[:, :half].t() for ls in linears])
+        if uses_mlp:
+            half = spec.mlp_layers[0] // 2
+            # The tower's Linear layers sit at MLP_layers.1, .4, .7, ... (each after its Dropout, before its ReLU).
+            linears = [(tables(f"MLP_layers.{3 * j + 1}.weight"), tables(f"MLP_layers.{3 * j + 1}.bias"))
+                       for j in range(len(spec.mlp_layers) - 1)]
+            first_w, first_b = linears[0]
+            self.user_mlp = _stacked(tables("embed_user_MLP.weight"))  # [K, U, half]
+            self.user_first = torch.stack([w.float()[:, :half].t() for w in first_w])
             # The item half of layer 1, bias included: [K, num_items, hidden_1].
             self.item_first = torch.stack([
-                torch.addmm(ls[0].bias.detach().float(), m.embed_item_MLP.weight.detach().float(),
-                            ls[0].weight.detach().float()[:, half:].t())
-                for m, ls in zip(members, linears, strict=True)])
-            self.tower = [(torch.stack([ls[j].weight.detach().float().t() for ls in linears]),  # [K, in, out]
-                           torch.stack([ls[j].bias.detach().float() for ls in linears]).unsqueeze(1))  # [K, 1, out]
-                          for j in range(1, len(linears[0]))]
+                torch.addmm(b.float(), item.float(), w.float()[:, half:].t())
+                for item, w, b in zip(tables("embed_item_MLP.weight"), first_w, first_b, strict=True)])
+            self.tower = [(torch.stack([w.float().t() for w in weights]),  # [K, in, out]
+                           torch.stack([b.float() for b in biases]).unsqueeze(1))  # [K, 1, out]
+                          for weights, biases in linears[1:]]
             self.mlp_weight = predict[:, offset:].unsqueeze(2)  # [K, last, 1]
         self.hidden = k * (self.item_first.shape[2] if self.item_first is not None else 1)
+
+    def user_vectors(self) -> torch.Tensor:
+        if self.user_gmf is None:
+            return super().user_vectors()
+        k, num_users, f = self.user_gmf.shape
+        return self.user_gmf.float().transpose(0, 1).reshape(num_users, k * f) * self.gmf_weight
+
+    def item_vectors(self) -> torch.Tensor:
+        return super().item_vectors() if self.item_gmf is None else self.item_gmf
 
     def _score(self, users: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
         """items None: all items ([B, N]); else per-user candidates [B, C]."""

@@ -1,21 +1,28 @@
-"""Train GMF / MLP / NeuMF on a partition and export the model package (`ncfctl train`, also under torchrun).
+"""The train step (`ncfctl train`, also under torchrun): fit a model family on a partition, evaluate it, publish its
+model package (+ MLflow run). Also the NCF family's trainer (GMF / MLP / NeuMF; `ncf.families.ncf` is its seam).
 
     ncfctl train --partition-uri runs/data/dt=2026-01-01 --output-uri runs/models/run-1
+    ncfctl train --family ease --ease-lambda 500 ...      # another family (ncf.families): ease, ials, popularity
     ncfctl train --preset seed ...                 # the seed system's hyperparameters and behaviour
-    torchrun --nproc-per-node 2 -m ncf.train ...   # DistributedDataParallel (gloo on CPU, nccl on GPU)
+    torchrun --nproc-per-node 2 -m ncf.train ...   # DistributedDataParallel (gloo on CPU, nccl on GPU; NCF only)
 
-The fast path is the only path: the training set lives as tensors on the device, each epoch draws its negatives
-exactly and vectorised (ncf/sampling.py), shuffles with one permutation and slices batches; no Dataset/DataLoader.
-A batch is one step of `make_step`: on one CPU process the hand-written step of ncf/cpu_step.py (lazy Adam on the
-embedding rows in the batch), elsewhere autograd with fused Adam (bf16 autocast on GPUs).
-Per epoch it prints the seed's metric line `HR=0.xxxx; NDCG=0.xxxx; Loss=0.xxxx;` (test set, sampled protocol,
-for the dashboards that scrape it) and checkpoints. With `patience > 0` the latest training interaction of each
-user is held out as a validation split; epochs (and early stopping) are chosen on it, never on the test set.
-With `--refit true` that selection pass is followed by a refit pass: every stage is retrained from scratch on
-all of train (validation rows back in) for exactly its selected epoch count, and the refit model is exported.
-The held-out interaction is each user's most recent one, the strongest signal for the test interaction, so
-training on it pays. With `--ensemble K` the exported model is a seed ensemble: the refit pass (without refit:
-the whole training) runs K times with different seeds and the package scores the mean of the K models' logits.
+The step: load the partition, carve the one validation split (`ncf.splits`), fit the family (`--family`, its
+settings), evaluate the exported model on the test rows (sampled protocol over every user, full ranking over a
+fixed-seed sample of at most `--full-eval-users`), publish the package. The test rows decide nothing.
+
+The NCF trainer: the fast path is the only path: the training set lives as tensors on the device, each epoch
+draws its negatives exactly and vectorised (ncf/sampling.py), shuffles with one permutation and slices batches; no
+Dataset/DataLoader. A batch is one step of `make_step`: on one CPU process the hand-written step of
+ncf/cpu_step.py (lazy Adam on the embedding rows in the batch), elsewhere autograd with fused Adam (bf16 autocast
+on GPUs). Per epoch it prints the seed's metric line `HR=0.xxxx; NDCG=0.xxxx; Loss=0.xxxx;` (test set, sampled
+protocol, for the dashboards that scrape it) and checkpoints. With `patience > 0` epochs (and early stopping) are
+chosen on the validation split, never on the test set. With `--refit true` that selection pass is followed by a
+refit pass: every stage is retrained from scratch on all of train (validation rows back in) for exactly its
+selected epoch count, and the refit model is exported. The held-out interaction is each user's most recent one,
+the strongest signal for the test interaction, so training on it pays. With `--ensemble K` the exported model is
+a seed ensemble: the refit pass (without refit: the whole training) runs K times with different seeds and the
+package scores the mean of the K models' logits. Guards: a model whose estimated memory exceeds the budget is
+refused before training, and a loss that is not finite or diverges stops the run; nothing is published then.
 """
 
 from __future__ import annotations
@@ -34,14 +41,25 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ncf import checkpoint, storage
+from ncf import checkpoint, contracts, families, storage
 from ncf.config import add_arguments, from_namespace, param
 from ncf.cpu_step import CpuTrainStep
 from ncf.errors import UserError, exit_on_user_error
-from ncf.evaluate import hit_ndcg, sampled_ranks
-from ncf.models import MODEL_TYPES, NCF, ModelSpec, build_model, ensemble_of, neumf_from_pretrained
-from ncf.sampling import NegativeSampler, history_order, leave_last_out
-from ncf.scoring import ItemScorer
+from ncf.evaluate import sampled_metrics
+from ncf.families.base import FitContext, Runtime, format_bytes, memory_budget
+from ncf.models import (
+    MODEL_TYPES,
+    NCF,
+    ModelSpec,
+    NCFEnsemble,
+    build_model,
+    ensemble_of,
+    neumf_from_pretrained,
+)
+from ncf.ranking import all_cores, process_cores
+from ncf.sampling import NegativeSampler, history_order
+from ncf.scoring import _ACTIVATION_BUDGET, ItemScorer
+from ncf.splits import FitData, Interactions
 
 # The seed system's run, reproduced by `--preset seed`.
 SEED_PRESET: dict[str, Any] = {
@@ -50,6 +68,12 @@ SEED_PRESET: dict[str, Any] = {
     "refit": False, "ensemble": 1,
 }
 PRESETS = {"seed": SEED_PRESET}
+LOSS_OF_A_COIN = math.log(2.0)  # binary cross-entropy of predicting 0.5 for every sample
+
+
+def _ncf(default: Any, help: str, **extra: Any) -> Any:
+    """A field of the NCF family's settings (`NCFSettings` has the same name)."""
+    return param(default, help, family="ncf", **extra)
 
 
 @dataclasses.dataclass
@@ -57,42 +81,59 @@ class TrainConfig:
     partition_uri: str = param(help="the dt=YYYY-MM-DD partition to train on (local path or s3://)")
     output_uri: str = param(help="where the model package is published (local path or s3://)")
     # The seed's hyperparameters, same names and meaning. Defaults: the recommended configuration (docs/training.md).
-    epochs: int = param(30, "maximum training epochs (per stage when pretraining)", pipeline=True)
-    lr: float = param(0.002, "Adam learning rate", pipeline=True)
-    batch_size: int = param(1024, "training samples per step (per process under torchrun)", pipeline=True)
+    epochs: int = _ncf(30, "maximum training epochs (per stage when pretraining)", pipeline=True)
+    lr: float = _ncf(0.002, "Adam learning rate", pipeline=True)
+    batch_size: int = _ncf(1024, "training samples per step (per process under torchrun)", pipeline=True)
     top_k: int = param(10, "K of HR@K / NDCG@K", pipeline=True)
-    dropout: float = param(0.3, "dropout before each MLP layer", pipeline=True)
-    factor_num: int = param(32, "predictive factors: GMF embedding size and the last MLP layer's width", pipeline=True)
-    num_layers: int = param(2, "MLP layers (each halves the width)", pipeline=True)
-    model: str = param("NeuMF", "model type", pipeline=True, choices=MODEL_TYPES)
+    dropout: float = _ncf(0.3, "dropout before each MLP layer", pipeline=True)
+    factor_num: int = _ncf(32, "predictive factors: GMF embedding size and the last MLP layer's width", pipeline=True)
+    num_layers: int = _ncf(2, "MLP layers (each halves the width)", pipeline=True)
+    model: str = _ncf("NeuMF", "model type", pipeline=True, choices=MODEL_TYPES)
     tracking_uri: str = param("", "MLflow tracking URI; empty: no MLflow logging", pipeline=True)
     experiment: str = param("ncf-train", "MLflow experiment name")
-    num_neg: int = param(8, "sampled negatives per training positive")
-    weight_decay: float = param(1e-6, "L2 weight decay (Adam)")
-    recency_weight: float = param(16.0, "weight each user's positives by recency: 1 + recency_weight * r**recency_power "
-                                       "for the r-th fraction of the user's history (0 oldest, 1 latest), normalised "
-                                       "to mean 1; 0: off (the paper's uniform weights)")
-    recency_power: float = param(4.0, "shape of the recency weights: 1 grows linearly with r; larger powers put the "
-                                      "weight on each user's latest interactions")
-    pretrain: bool = param(True, "NeuMF: train GMF and MLP first and initialise NeuMF from them (alpha 0.5); "
-                                 "ignored for GMF / MLP")
-    patience: int = param(3, "early stopping: epochs without validation improvement; 0: no validation split, "
-                             "train every epoch and keep the last")
-    refit: bool = param(True, "retrain every stage from scratch on all of train (validation rows back in) "
-                               "for exactly its validation-selected epoch count and export that model; "
-                               "ignored with patience 0 (no validation split)")
-    ensemble: int = param(3, "models in the exported seed ensemble: the refit pass (without refit: the whole "
-                                 "training) runs once per member with its own seed, and the package scores the "
-                                 "mean of their logits; 1: a single model")
+    num_neg: int = _ncf(8, "sampled negatives per training positive")
+    weight_decay: float = _ncf(1e-6, "L2 weight decay (Adam)")
+    recency_weight: float = _ncf(16.0, "weight each user's positives by recency: 1 + recency_weight * "
+                                       "r**recency_power for the r-th fraction of the user's history (0 oldest, 1 "
+                                       "latest), normalised to mean 1; 0: off (the paper's uniform weights)")
+    recency_power: float = _ncf(4.0, "shape of the recency weights: 1 grows linearly with r; larger powers put the "
+                                     "weight on each user's latest interactions")
+    pretrain: bool = _ncf(True, "NeuMF: train GMF and MLP first and initialise NeuMF from them (alpha 0.5); "
+                                "ignored for GMF / MLP")
+    patience: int = _ncf(3, "early stopping: epochs without validation improvement; 0: no validation split, "
+                            "train every epoch and keep the last")
+    refit: bool = param(True, "after choosing on the validation split, retrain on all of train (validation rows "
+                              "back in) and export that model; NCF retrains every stage for exactly its "
+                              "validation-selected epoch count; ignored without a validation split (NCF: patience 0)")
+    ensemble: int = _ncf(3, "models in the exported seed ensemble: the refit pass (without refit: the whole "
+                            "training) runs once per member with its own seed, and the package scores the "
+                            "mean of their logits; 1: a single model")
     preset: str = param("", "named hyperparameter set applied to fields left at their defaults", choices=("", *PRESETS))
-    mlp_layers: str = param("", "explicit MLP tower, e.g. 256,256,128,64 (input width first); overrides num_layers")
+    mlp_layers: str = _ncf("", "explicit MLP tower, e.g. 256,256,128,64 (input width first); overrides num_layers")
     seed: int = param(42, "random seed (full determinism on CPU)")
     device: str = param("auto", "auto (cuda when available), cpu or cuda", choices=("auto", "cpu", "cuda"))
-    threads: int = param(0, "CPU threads per process; 0: 1 for batches <= 2048 (faster on small batches), else cores")
-    compile: bool = param(False, "torch.compile the model (GPU)")
+    threads: int = param(0, "CPU threads per process; 0: the family's choice (NCF: 1 for batches <= 2048, faster on "
+                            "small batches, else cores; others: cores)")
+    compile: bool = _ncf(False, "torch.compile the model (GPU)")
     resume: bool = param(False, "continue from the checkpoint of an interrupted run with the same settings")
     checkpoint_uri: str = param("", "checkpoint directory; default: <output_uri>.checkpoint")
     progress: str = param("auto", "progress bar: auto (when stderr is a terminal), on, off", choices=("auto", "on", "off"))
+    # Model families (ncf.families) and their settings; defaults hand-picked (docs/training.md).
+    family: str = param("ncf", "model family: ncf (GMF / MLP / NeuMF), ease (closed form), ials (implicit ALS), "
+                               "popularity", choices=tuple(families.FAMILIES))
+    ease_lambda: float = param(500.0, "EASE: L2 regularisation lambda of the closed form", family="ease")
+    ials_factors: int = param(64, "iALS: latent factors", family="ials")
+    ials_regularization: float = param(0.05, "iALS: L2 regularisation", family="ials")
+    ials_alpha: float = param(10.0, "iALS: confidence of an observed interaction is 1 + alpha", family="ials")
+    ials_iterations: int = param(15, "iALS: alternating least-squares sweeps", family="ials")
+    # Evaluation and guards.
+    full_eval_users: int = param(contracts.DEFAULT_FULL_EVAL_USERS,
+                                 "full-ranking metrics over a fixed-seed sample of at most this many test users "
+                                 "(every user when fewer; 0: every user); the sampled protocol uses every user")
+    memory_budget_gb: float = param(0.0, "refuse a model whose estimated training memory exceeds this many GB; "
+                                         "0: 80% of the memory this process may use (the GPU's on cuda)")
+    max_loss: float = _ncf(10 * LOSS_OF_A_COIN, "stop when an epoch's training loss exceeds this (10x the loss of "
+                                                "predicting 0.5 everywhere): the training diverged")
 
 
 @dataclasses.dataclass
@@ -112,17 +153,59 @@ def apply_preset(config: TrainConfig) -> TrainConfig:
 
 
 def _validate(config: TrainConfig) -> None:
-    for name in ("epochs", "batch_size", "top_k", "factor_num", "num_layers", "num_neg", "ensemble"):
-        if getattr(config, name) <= 0:
-            raise UserError(f"{name}: must be positive, got {getattr(config, name)}")
-    if not (config.lr > 0 and math.isfinite(config.lr)):
-        raise UserError(f"lr: must be a positive number, got {config.lr}")
-    if config.weight_decay < 0 or config.patience < 0 or config.recency_weight < 0:
-        raise UserError("weight_decay, patience and recency_weight must be >= 0")
-    if not config.recency_power > 0:
-        raise UserError(f"recency_power: must be positive, got {config.recency_power}")
+    if config.top_k <= 0:
+        raise UserError(f"top_k: must be positive, got {config.top_k}")
+    if config.full_eval_users < 0 or config.memory_budget_gb < 0:
+        raise UserError("full_eval_users and memory_budget_gb must be >= 0")
     if config.threads < 0:
         raise UserError(f"threads: must be >= 0 (0: chosen from the cores and batch size), got {config.threads}")
+
+
+def hyperparameters(config: TrainConfig) -> dict[str, Any]:
+    """The settings that shape the model: the core's and the chosen family's (not the other families')."""
+    skip = {"partition_uri", "output_uri", "tracking_uri", "checkpoint_uri", "resume", "progress"}
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.name not in skip and f.metadata.get("family", config.family) == config.family}
+
+
+@dataclasses.dataclass(frozen=True)
+class NCFSettings:
+    """The NCF family's settings: the `ncf.train.TrainConfig` fields of the same names."""
+
+    model: str = "NeuMF"
+    epochs: int = 30
+    lr: float = 0.002
+    batch_size: int = 1024
+    dropout: float = 0.3
+    factor_num: int = 32
+    num_layers: int = 2
+    num_neg: int = 8
+    weight_decay: float = 1e-6
+    recency_weight: float = 16.0
+    recency_power: float = 4.0
+    pretrain: bool = True
+    patience: int = 3
+    ensemble: int = 3
+    mlp_layers: str = ""
+    compile: bool = False
+    max_loss: float = 10 * LOSS_OF_A_COIN
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "factor_num", "num_layers", "num_neg", "ensemble"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name}: must be positive, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"lr: must be a positive number, got {self.lr}")
+        if self.weight_decay < 0 or self.patience < 0 or self.recency_weight < 0:
+            raise UserError("weight_decay, patience and recency_weight must be >= 0")
+        if not self.recency_power > 0:
+            raise UserError(f"recency_power: must be positive, got {self.recency_power}")
+        if not self.max_loss > 0:
+            raise UserError(f"max_loss: must be positive, got {self.max_loss}")
+
+    def spec(self, num_users: int, num_items: int) -> ModelSpec:
+        return ModelSpec(self.model, num_users, num_items, self.factor_num, self.num_layers, self.dropout,
+                         _mlp_layers(self.mlp_layers))
 
 
 def _mlp_layers(text: str) -> tuple[int, ...]:
@@ -133,21 +216,6 @@ def _mlp_layers(text: str) -> tuple[int, ...]:
 
 
 # ---- process setup ------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class _Runtime:
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
 
 def keep_freed_memory() -> None:
     """Let glibc reuse freed blocks up to 32 MB instead of mmap/munmap-ing them on every allocation.
@@ -166,11 +234,14 @@ def keep_freed_memory() -> None:
         pass
 
 
-def _setup_runtime(config: TrainConfig) -> _Runtime:
+def _setup_runtime(config: TrainConfig, family, settings) -> Runtime:
     want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
         raise UserError("device: cuda requested but no CUDA device is available")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not family.distributed:
+        raise UserError(f"family {family.name}: does not train under torchrun (WORLD_SIZE={world_size}); run it "
+                        "as one process")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if want_cuda else torch.device("cpu")
     if want_cuda:
@@ -179,59 +250,33 @@ def _setup_runtime(config: TrainConfig) -> _Runtime:
         dist.init_process_group("nccl" if want_cuda else "gloo")
     if device.type == "cpu":
         keep_freed_memory()
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
-        per_process = max(1, cores // local_world)
-        # Small batches are dominated by per-op overhead, where extra threads only add synchronisation (and
-        # on shared cores, oversubscription): measured 1 thread fastest up to batch 2048 (docs/training.md).
-        torch.set_num_threads(config.threads or (1 if config.batch_size <= 2048 else per_process))
-    return _Runtime(device, dist.get_rank() if dist.is_initialized() else 0, world_size)
+        per_process = max(1, process_cores() // local_world)
+        torch.set_num_threads(config.threads or family.default_threads(settings, per_process))
+    return Runtime(device, dist.get_rank() if dist.is_initialized() else 0, world_size)
 
 
-# ---- data ---------------------------------------------------------------------------------------------------
+# ---- NCF: data ----------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class _Data:
-    users: torch.Tensor  # training positives (validation rows removed when held out), on device
+    users: torch.Tensor  # training positives, on device
     items: torch.Tensor
     sampler: NegativeSampler  # negatives avoid exactly the training positives above
     weights: torch.Tensor | None  # per-positive loss weights (recency), None: uniform
-    val_users: np.ndarray | None
-    val_items: np.ndarray | None
-    val_negatives: np.ndarray | None
 
 
-def _prepare_data(partition, config: TrainConfig, device: torch.device, hold_out: bool) -> _Data:
-    """The training set on the device; `hold_out`: carve the validation split out of it first."""
-    users, items = partition.train_users, partition.train_items
-    val_users = val_items = val_negatives = None
-    if hold_out:
-        held_out = leave_last_out(users, items, partition.train_ts, partition.num_users)
-        if held_out.size == 0:
-            raise UserError(f"{partition.uri}: no user has 2+ training interactions to carve a validation split "
-                            "from; use --patience 0")
-        keep = np.ones(users.size, dtype=bool)
-        keep[held_out] = False
-        val_users, val_items = users[held_out], items[held_out]
-        # Validation negatives avoid everything known about the user (train, validation and test items), like the
-        # test negatives do; a separate generator keeps them independent of the training stream.
-        known = NegativeSampler(np.r_[users, partition.test_users], np.r_[items, partition.test_items],
-                                partition.num_users, partition.num_items)
-        num_neg = partition.test_negatives.shape[1] if partition.test_negatives.ndim == 2 else 99
-        num_neg = min(num_neg, int(known.num_unseen.min()))
-        generator = torch.Generator().manual_seed(config.seed + 1)
-        val_negatives = known.sample_distinct(torch.from_numpy(val_users.astype(np.int64)), num_neg, generator).numpy()
-        users, items = users[keep], items[keep]
-        ts = partition.train_ts[keep]
-    else:
-        ts = partition.train_ts
-    sampler = NegativeSampler(users, items, partition.num_users, partition.num_items, device)
+def _prepare_data(rows: Interactions, settings: NCFSettings, device: torch.device) -> _Data:
+    """The training rows on the device, with their negative sampler and recency weights."""
+    users, items = rows.users, rows.items
+    sampler = NegativeSampler(users, items, rows.num_users, rows.num_items, device)
     weights = None
-    if config.recency_weight > 0:
-        w = 1.0 + config.recency_weight * recency_rank(users, items, ts, partition.num_users) ** config.recency_power
+    if settings.recency_weight > 0:
+        rank = recency_rank(users, items, rows.ts, rows.num_users)
+        w = 1.0 + settings.recency_weight * rank ** settings.recency_power
         weights = torch.from_numpy((w / w.mean()).astype(np.float32)).to(device)
     return _Data(torch.from_numpy(users.astype(np.int64)).to(device), torch.from_numpy(items.astype(np.int64)).to(device),
-                 sampler, weights, val_users, val_items, val_negatives)
+                 sampler, weights)
 
 
 def recency_rank(users: np.ndarray, items: np.ndarray, ts: np.ndarray, num_users: int) -> np.ndarray:
@@ -246,7 +291,54 @@ def recency_rank(users: np.ndarray, items: np.ndarray, ts: np.ndarray, num_users
     return position / np.maximum(counts[users] - 1, 1)
 
 
-# ---- one training stage (one model type) --------------------------------------------------------------------
+# ---- NCF: guards ----------------------------------------------------------------------------------------------
+
+def memory_estimate(spec: ModelSpec, settings: NCFSettings, num_rows: int, device: torch.device) -> dict[str, int]:
+    """Bytes an NCF fit needs at its peak, by purpose (float32 / int64 tensors; an estimate, not a measurement).
+
+    parameters: every model alive at once (the ensemble's members, plus the pretrained GMF and MLP);
+    optimizer: Adam's two moments plus the working copy or gradient of every parameter (3x the parameters);
+    copies: the best epoch's state and a checkpoint being serialised (model and optimizer, twice);
+    activations: a training batch's tower (forward, backward, dropout masks);
+    training data: each epoch's samples (users, items, labels, weights, the permutation and its shard);
+    evaluation: the scorer's item tables and its score chunks.
+    """
+    uses_gmf, uses_mlp = spec.model_type in ("GMF", "NeuMF"), spec.model_type in ("MLP", "NeuMF")
+    layers = spec.mlp_layers
+    width = (spec.factor_num if uses_gmf else 0) + (layers[0] // 2 if uses_mlp else 0)
+    tower = sum(a * b + b for a, b in zip(layers[:-1], layers[1:], strict=True)) if uses_mlp else 0
+    predict = (spec.factor_num if uses_gmf else 0) + (layers[-1] if uses_mlp else 0) + 1
+    params = (spec.num_users + spec.num_items) * width + tower + predict
+    pretrained = settings.pretrain and spec.model_type == "NeuMF"
+    models = settings.ensemble + (1 if pretrained else 0)  # GMF + MLP hold about one NeuMF's parameters
+    samples = num_rows * (1 + settings.num_neg)
+    hidden = (layers[1] if uses_mlp and len(layers) > 1 else 1) * settings.ensemble
+    return {
+        "parameters": 4 * models * params,
+        "optimizer": 4 * 3 * params,
+        "copies": 4 * (params + 2 * 4 * params),
+        "activations": 4 * 4 * settings.batch_size * ((sum(layers) if uses_mlp else 0) + 2 * width),
+        "training data": 56 * samples,
+        "evaluation": 4 * (spec.num_items * (hidden + settings.ensemble * width) + _ACTIVATION_BUDGET
+                           + (1 << 24)),
+    }
+
+
+def _check_loss(label: str, epoch: int, loss: float, lowest: float | None, settings: NCFSettings) -> None:
+    """UserError when the epoch's training loss is not finite, above `max_loss`, or more than doubled from the
+    stage's lowest (and above a coin's): the run stops and nothing is published."""
+    fix = f"lower --lr (now {settings.lr}) or check the input data"
+    if not math.isfinite(loss):
+        raise UserError(f"[{label}] epoch {epoch}: training loss is {loss}; {fix}")
+    if loss > settings.max_loss:
+        raise UserError(f"[{label}] epoch {epoch}: training loss {loss:.4g} is above --max-loss {settings.max_loss:.4g}"
+                        f" (predicting 0.5 everywhere scores {LOSS_OF_A_COIN:.4f}): the training diverged; {fix}")
+    if lowest is not None and loss > max(2 * lowest, LOSS_OF_A_COIN):
+        raise UserError(f"[{label}] epoch {epoch}: training loss {loss:.4f} more than doubled from the stage's lowest "
+                        f"{lowest:.4f}: the training diverged; {fix}")
+
+
+# ---- NCF: one training stage (one model type) -----------------------------------------------------------------
 
 @dataclasses.dataclass
 class _EpochRecord:
@@ -256,23 +348,6 @@ class _EpochRecord:
     ndcg: float
     val_hr: float | None = None
     val_ndcg: float | None = None
-
-
-def _progress(config: TrainConfig, runtime: _Runtime, total: int, desc: str):
-    from tqdm import tqdm
-
-    enabled = {"on": True, "off": False}.get(config.progress, sys.stderr.isatty())
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=not (enabled and runtime.is_main))
-
-
-def _metric_line(hr: float, ndcg: float, loss: float) -> str:
-    """The seed's line, scraped by `HR=(.*?);`, `NDCG=(.*?);`, `Loss=(.*?);` -- keep it byte-compatible."""
-    return f"HR={hr:.4f}; NDCG={ndcg:.4f}; Loss={loss:.4f};"
-
-
-def _sampled(scorer: ItemScorer, users, items, negatives, k: int) -> tuple[float, float]:
-    hit, ndcg = hit_ndcg(sampled_ranks(scorer, users, items, negatives), k)
-    return float(hit.mean()), float(ndcg.mean())
 
 
 def _after_epoch(stage: str, epoch: int, record: _EpochRecord | None) -> None:
@@ -387,35 +462,30 @@ class EpochRunner:
         return loss_sum
 
 
-def _refits(config: TrainConfig) -> bool:
-    """Whether a refit pass follows the selection pass; it needs the validation split to pick its epochs."""
-    return config.refit and config.patience > 0
-
-
-def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainConfig, runtime: _Runtime,
-                 ckpt_dir: str, fingerprint: str, logger, epochs: int, refit: bool,
-                 member: int = 0) -> tuple[NCF, list[_EpochRecord], dict[str, Any]]:
+def _train_stage(stage: str, model: NCF, data: _Data, fit: FitData, settings: NCFSettings, ctx: FitContext,
+                 epochs: int, refit: bool, member: int = 0, final: bool = False
+                 ) -> tuple[NCF, list[_EpochRecord], dict[str, Any]]:
     """Train `model` for up to `epochs`; returns the selected model, its history and summary numbers.
 
     `refit`: this is the refit pass's run of the stage: same seeds as the selection pass, its own checkpoint
     file, progress label and MLflow keys. `member`: the ensemble member it trains (its seeds, label and keys).
+    `final`: this stage trains the exported model (its epoch lines go to stdout, for the seed's dashboards).
     """
     label = _member_label(stage, refit, member)
-    # Only the exported model's epochs feed the seed's dashboards: with a refit pass, those are the refit's; in an
-    # ensemble, the last member's (the ensemble's own line follows at the end).
-    final = stage == config.model and refit == _refits(config) and member == config.ensemble - 1
+    runtime = ctx.runtime
     device = runtime.device
     model.to(device)
-    seed = _stage_seed(stage, _member_seed(config.seed, member))
+    seed = _stage_seed(stage, _member_seed(ctx.seed, member))
     generator = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed + 1)  # dropout's stream (restored below when resuming)
-    step = make_step(model, config.lr, config.weight_decay, device, runtime.distributed, config.compile)
+    step = make_step(model, settings.lr, settings.weight_decay, device, runtime.distributed, settings.compile)
+    validation = None if refit else fit.validation
 
-    ckpt_uri = storage.join(ckpt_dir, f"{label}.pt")
+    ckpt_uri = storage.join(ctx.checkpoint_dir, f"{label}.pt")
     history: list[_EpochRecord] = []
     best = {"score": -1.0, "epoch": 0, "state": None, "bad_epochs": 0}
     start_epoch = 0
-    state = checkpoint.load(ckpt_uri, fingerprint) if config.resume else None
+    state = checkpoint.load(ckpt_uri, ctx.fingerprint) if ctx.resume else None
     if state is not None:
         if state.get("step_kind") != step.kind:
             raise UserError(f"{ckpt_uri}: checkpoint was written by the {state.get('step_kind')} training step, this "
@@ -427,11 +497,11 @@ def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainCo
         history = [_EpochRecord(**r) for r in state["history"]]
         best = state["best"]
         start_epoch = state["epoch"]
-        if runtime.is_main:
-            print(f"[{label}] resuming after epoch {start_epoch} from {ckpt_uri}", file=sys.stderr, flush=True)
+        ctx.log(f"[{label}] resuming after epoch {start_epoch} from {ckpt_uri}")
+    lowest_loss = min((r.loss for r in history), default=None)
 
-    runner = EpochRunner(step, data.users, data.items, data.sampler, config.num_neg,
-                         config.batch_size, runtime.rank, runtime.world_size, data.weights)
+    runner = EpochRunner(step, data.users, data.items, data.sampler, settings.num_neg,
+                         settings.batch_size, runtime.rank, runtime.world_size, data.weights)
     per_rank = runner.samples_per_rank
     started = time.perf_counter()
     samples_done, train_seconds = 0, 0.0
@@ -440,54 +510,55 @@ def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainCo
             break
         model.train()
         epoch_started = time.perf_counter()
-        with _progress(config, runtime, runner.steps, f"{label} epoch {epoch + 1}/{epochs}") as bar:
+        with ctx.progress_bar(runner.steps, f"{label} epoch {epoch + 1}/{epochs}") as bar:
             loss_sum = runner.run(generator, bar.update)
         samples_done += per_rank * runtime.world_size
         if runtime.distributed:
             dist.all_reduce(loss_sum)
         epoch_loss = float(loss_sum) / (per_rank * runtime.world_size)  # the epoch's one host sync
         train_seconds += time.perf_counter() - epoch_started
-        if not math.isfinite(epoch_loss):
-            raise UserError(f"[{label}] epoch {epoch + 1}: training loss is {epoch_loss}; lower --lr "
-                            f"(now {config.lr}) or check the input data")
+        _check_loss(label, epoch + 1, epoch_loss, lowest_loss, settings)
+        lowest_loss = epoch_loss if lowest_loss is None else min(lowest_loss, epoch_loss)
 
         stop = torch.zeros(1, device=device)
         if runtime.is_main:
             model.eval()
             scorer = ItemScorer(model)
-            hr, ndcg = _sampled(scorer, partition.test_users, partition.test_items, partition.test_negatives,
-                                config.top_k)
+            hr, ndcg = sampled_metrics(scorer, fit.test, ctx.top_k)
             record = _EpochRecord(epoch + 1, epoch_loss, hr, ndcg)
-            if data.val_users is not None:
-                record.val_hr, record.val_ndcg = _sampled(scorer, data.val_users, data.val_items,
-                                                          data.val_negatives, config.top_k)
+            if validation is not None:
+                record.val_hr, record.val_ndcg = sampled_metrics(scorer, validation, ctx.top_k)
                 if record.val_ndcg > best["score"]:
                     best.update(score=record.val_ndcg, epoch=epoch + 1, bad_epochs=0,
                                 state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
                 else:
                     best["bad_epochs"] += 1
-                stop[0] = float(best["bad_epochs"] >= config.patience)
+                stop[0] = float(best["bad_epochs"] >= settings.patience)
             history.append(record)
-            print(_metric_line(hr, ndcg, epoch_loss), file=sys.stdout if final else sys.stderr, flush=True)
-            validation = (f" validation hr@{config.top_k}={record.val_hr:.4f} ndcg@{config.top_k}={record.val_ndcg:.4f}"
-                          if record.val_hr is not None else "")
-            print(f"[{label}] epoch {epoch + 1}/{epochs} {time.perf_counter() - started:.1f}s{validation}",
-                  file=sys.stderr, flush=True)
-            logger.log_epoch(stage, record, refit, member)
+            print(contracts.metric_line(hr, ndcg, epoch_loss), file=sys.stdout if final else sys.stderr, flush=True)
+            shown = (f" validation hr@{ctx.top_k}={record.val_hr:.4f} ndcg@{ctx.top_k}={record.val_ndcg:.4f}"
+                     if record.val_hr is not None else "")
+            ctx.log(f"[{label}] epoch {epoch + 1}/{epochs} {time.perf_counter() - started:.1f}s{shown}")
+            # The refit pass and each ensemble member repeat the same epoch numbers (steps): each has its own keys.
+            prefix = (("refit_" if refit else "") + (f"m{member}_" if member else "")
+                      + ("" if stage == settings.model else f"{stage.lower()}_"))
+            values = {f"{prefix}hr": record.hr, f"{prefix}ndcg": record.ndcg, f"{prefix}loss": record.loss}
+            if record.val_hr is not None:
+                values.update({f"{prefix}val_hr": record.val_hr, f"{prefix}val_ndcg": record.val_ndcg})
+            ctx.log_metrics(values, record.epoch)
         if runtime.distributed:
             dist.broadcast(stop, 0)
         stopped = bool(stop.item())
         if runtime.is_main:
             checkpoint.save(ckpt_uri, {
-                "fingerprint": fingerprint, "config": dataclasses.asdict(config), "stage": label, "epoch": epoch + 1,
-                "model": model.state_dict(), "optimizer": step.state_dict(), "step_kind": step.kind,
-                "rng": checkpoint.rng_state(generator), "history": [dataclasses.asdict(r) for r in history],
-                "best": best, "stopped": stopped})
+                "fingerprint": ctx.fingerprint, "config": dataclasses.asdict(settings), "stage": label,
+                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": step.state_dict(),
+                "step_kind": step.kind, "rng": checkpoint.rng_state(generator),
+                "history": [dataclasses.asdict(r) for r in history], "best": best, "stopped": stopped})
         _after_epoch(label, epoch + 1, history[-1] if runtime.is_main else None)
         if stopped:
-            if runtime.is_main:
-                print(f"[{label}] early stop: no validation gain for {config.patience} epochs; best epoch "
-                      f"{best['epoch']}", file=sys.stderr, flush=True)
+            ctx.log(f"[{label}] early stop: no validation gain for {settings.patience} epochs; best epoch "
+                    f"{best['epoch']}")
             break
     if runtime.distributed:
         # Rank 0 holds the selected weights; every rank leaves the stage with the same model.
@@ -503,15 +574,95 @@ def _train_stage(stage: str, model: NCF, data: _Data, partition, config: TrainCo
     return model, history, summary
 
 
+def _train_pass(spec: ModelSpec, data: _Data, fit: FitData, settings: NCFSettings, ctx: FitContext,
+                refit_epochs: dict[str, int] | None, member: int = 0, final: bool = False
+                ) -> tuple[NCF, list[_EpochRecord], dict[str, dict[str, Any]]]:
+    """Train every stage once: GMF and MLP first when NeuMF is pretrained from them, then settings.model.
+
+    Selection pass (`refit_epochs` None): each stage trains up to settings.epochs and keeps its best validation
+    epoch. Refit pass: each stage trains exactly `refit_epochs[stage]` epochs. `member`: the ensemble member
+    (its seeds); `final`: this pass trains the exported model's last member. Returns the final model, its history
+    and each stage's summary.
+    """
+    pretrain = settings.pretrain and settings.model == "NeuMF"
+    models: dict[str, NCF] = {}
+    summaries: dict[str, dict[str, Any]] = {}
+    for stage in ("GMF", "MLP", "NeuMF") if pretrain else (settings.model,):
+        model = (neumf_from_pretrained(models["GMF"].cpu(), models["MLP"].cpu(), dropout=settings.dropout)
+                 if pretrain and stage == "NeuMF" else _init_model(spec, stage, _member_seed(ctx.seed, member)))
+        epochs = settings.epochs if refit_epochs is None else refit_epochs[stage]
+        models[stage], history, summaries[stage] = _train_stage(
+            stage, model, data, fit, settings, ctx, epochs, refit=refit_epochs is not None, member=member,
+            final=final and stage == settings.model)
+    return models[settings.model], history, summaries
+
+
+def fit_ncf(fit: FitData, settings: NCFSettings, ctx: FitContext
+            ) -> tuple[NCF | NCFEnsemble, dict[str, Any], float, bool]:
+    """The NCF family's fit: a selection pass (epochs and early stopping on the validation split), then with
+    refit a refit pass per ensemble member, else further whole runs for the other members.
+
+    Returns the exported model (on the device), its metrics for metrics.json, its training loss, and whether the
+    seed's metric line should be printed once more for it (its last epoch line is not the exported model's).
+    """
+    runtime = ctx.runtime
+    spec = settings.spec(fit.train.num_users, fit.train.num_items)
+    layers = "" if spec.model_type == "GMF" else f", mlp_layers {list(spec.mlp_layers)}"
+    ctx.require_memory(memory_estimate(spec, settings, fit.all_train.users.size, runtime.device),
+                       f"model: {spec.model_type} x{settings.ensemble} for {spec.num_users:,} users x "
+                       f"{spec.num_items:,} items, factor_num {spec.factor_num}{layers}",
+                       "use a smaller --factor-num / --num-layers / --mlp-layers / --ensemble / --batch-size")
+    refits = ctx.refit and fit.validation is not None
+    data = _prepare_data(fit.train, settings, runtime.device)
+    last_member = settings.ensemble - 1
+    members = [_train_pass(spec, data, fit, settings, ctx, refit_epochs=None,
+                           final=not refits and last_member == 0)]
+    _, history, summaries = members[0]
+    # The selection pass's chosen epoch; its validation metrics are reported with or without a refit.
+    validation = next((r for r in history if r.epoch == summaries[settings.model]["best_epoch"]), None)
+    refit_epochs: dict[str, int] = {}
+    if refits:
+        refit_epochs = {stage: s["best_epoch"] for stage, s in summaries.items()}
+        if runtime.distributed:
+            # Only rank 0 evaluates, so only it knows the selected epochs.
+            counts = torch.tensor(list(refit_epochs.values()), device=runtime.device)
+            dist.broadcast(counts, 0)
+            refit_epochs = dict(zip(refit_epochs, counts.tolist(), strict=True))
+        data = _prepare_data(fit.all_train, settings, runtime.device)
+        members = []  # the refit members replace the selection pass's model
+    # With refit: every member is a refit pass of the selected epochs. Without: the selection pass's model is
+    # member 0 and each further member is a whole training run of its own seed.
+    for member in range(len(members), settings.ensemble):
+        members.append(_train_pass(spec, data, fit, settings, ctx, refit_epochs or None, member,
+                                   final=member == last_member))
+    model = ensemble_of([m[0] for m in members])
+    _, history, summaries = members[-1]
+    summary = summaries[settings.model]
+    metrics: dict[str, Any] = {}
+    loss = float("nan")
+    report_line = False
+    if runtime.is_main:
+        selected = next((r for r in history if r.epoch == summary["best_epoch"]), history[-1] if history else None)
+        loss = selected.loss if selected else float("nan")
+        metrics = {"loss": loss, "epochs": summary["epochs_trained"], "best_epoch": summary["best_epoch"],
+                   "samples_per_second": round(summary["samples_per_second"], 1), "model_type": settings.model}
+        if validation is not None and validation.val_hr is not None:
+            metrics.update({contracts.metric_name("hr", ctx.top_k, validation=True): validation.val_hr,
+                            contracts.metric_name("ndcg", ctx.top_k, validation=True): validation.val_ndcg})
+        if refit_epochs:
+            metrics["refit_epochs"] = refit_epochs
+        report_line = settings.ensemble > 1 or bool(history and selected is not history[-1])
+    return model, metrics, loss, report_line
+
+
 # ---- MLflow ---------------------------------------------------------------------------------------------------
 
 class _Logger:
     """MLflow logging on the main process when a tracking URI is configured; a no-op otherwise."""
 
-    def __init__(self, config: TrainConfig, runtime: _Runtime):
+    def __init__(self, config: TrainConfig, runtime: Runtime):
         self.active = bool(config.tracking_uri) and runtime.is_main
         self.run_id = ""
-        self.final_stage = config.model
         if not self.active:
             return
         import mlflow
@@ -529,23 +680,17 @@ class _Logger:
             self._store.close()
             raise UserError(f"tracking_uri {config.tracking_uri}: cannot start an MLflow run ({exc})") from exc
         self.run_id = run.info.run_id
-        mlflow.log_params({k: v for k, v in dataclasses.asdict(config).items() if k not in ("tracking_uri",)})
+        mlflow.log_params({"partition_uri": config.partition_uri, "output_uri": config.output_uri,
+                           **hyperparameters(config)})
 
-    def log_epoch(self, stage: str, record: _EpochRecord, refit: bool, member: int = 0) -> None:
-        if not self.active:
-            return
-        # The refit pass and each ensemble member repeat the same epoch numbers (steps): each has its own keys.
-        prefix = (("refit_" if refit else "") + (f"m{member}_" if member else "")
-                  + ("" if stage == self.final_stage else f"{stage.lower()}_"))
-        values = {f"{prefix}hr": record.hr, f"{prefix}ndcg": record.ndcg, f"{prefix}loss": record.loss}
-        if record.val_hr is not None:
-            values.update({f"{prefix}val_hr": record.val_hr, f"{prefix}val_ndcg": record.val_ndcg})
-        self.mlflow.log_metrics(values, step=record.epoch)
+    def log_metrics(self, values: dict[str, float], step: int) -> None:
+        if self.active:
+            self.mlflow.log_metrics(values, step=step)
 
     def finish(self, metrics: dict[str, Any], package_dir: Path | None, model_uri: str) -> None:
         if not self.active:
             return
-        self.mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()
+        self.mlflow.log_metrics({contracts.mlflow_metric_key(k): float(v) for k, v in metrics.items()
                                  if isinstance(v, (int, float)) and not isinstance(v, bool)})
         self.mlflow.set_tag("model_uri", model_uri)
         if package_dir is not None:
@@ -560,107 +705,58 @@ class _Logger:
 # ---- the step -------------------------------------------------------------------------------------------------
 
 def _fingerprint(config: TrainConfig, partition, world_size: int) -> str:
-    ignore = {"output_uri", "checkpoint_uri", "resume", "tracking_uri", "experiment", "threads", "progress", "device"}
-    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignore}
+    ignore = {"threads", "device", "experiment", "full_eval_users", "memory_budget_gb"}
+    values = {k: v for k, v in hyperparameters(config).items() if k not in ignore}
     values.update(partition_uri=partition.uri, num_train=int(partition.train_users.size),
                   num_users=partition.num_users, num_items=partition.num_items, world_size=world_size)
     return checkpoint.fingerprint(values)
-
-
-def _train_pass(spec: ModelSpec, data: _Data, partition, config: TrainConfig, runtime: _Runtime,
-                ckpt_dir: str, fingerprint: str, logger, refit_epochs: dict[str, int] | None, member: int = 0
-                ) -> tuple[NCF, list[_EpochRecord], dict[str, dict[str, Any]]]:
-    """Train every stage once: GMF and MLP first when NeuMF is pretrained from them, then config.model.
-
-    Selection pass (`refit_epochs` None): each stage trains up to config.epochs and keeps its best validation
-    epoch. Refit pass: each stage trains exactly `refit_epochs[stage]` epochs. `member`: the ensemble member
-    (its seeds). Returns the final model, its history and each stage's summary.
-    """
-    pretrain = config.pretrain and config.model == "NeuMF"
-    models: dict[str, NCF] = {}
-    summaries: dict[str, dict[str, Any]] = {}
-    for stage in ("GMF", "MLP", "NeuMF") if pretrain else (config.model,):
-        model = (neumf_from_pretrained(models["GMF"].cpu(), models["MLP"].cpu(), dropout=config.dropout)
-                 if pretrain and stage == "NeuMF" else _init_model(spec, stage, _member_seed(config.seed, member)))
-        epochs = config.epochs if refit_epochs is None else refit_epochs[stage]
-        models[stage], history, summaries[stage] = _train_stage(
-            stage, model, data, partition, config, runtime, ckpt_dir, fingerprint, logger, epochs,
-            refit=refit_epochs is not None, member=member)
-    return models[config.model], history, summaries
 
 
 def run(config: TrainConfig) -> TrainResult:
     from ncf.data import load_partition
     from ncf.evaluate import evaluate
     from ncf.package import package_tables, write_package
+    from ncf.splits import fit_data
 
     config = apply_preset(config)
     _validate(config)
-    runtime = _setup_runtime(config)
+    family = families.get(config.family)
+    settings = family.settings(config)
+    runtime = _setup_runtime(config, family, settings)
     partition = load_partition(config.partition_uri)
-    data = _prepare_data(partition, config, runtime.device, hold_out=config.patience > 0)
-    spec = ModelSpec(config.model, partition.num_users, partition.num_items, config.factor_num, config.num_layers,
-                     config.dropout, _mlp_layers(config.mlp_layers))
-    ckpt_dir = config.checkpoint_uri or storage.join(config.output_uri).rstrip("/") + ".checkpoint"
-    fingerprint = _fingerprint(config, partition, runtime.world_size)
+    data = fit_data(partition, validation=family.uses_validation(settings), seed=config.seed)
     logger = _Logger(config, runtime)
+    context = FitContext(
+        runtime=runtime, seed=config.seed, top_k=config.top_k, refit=config.refit,
+        memory_budget=memory_budget(config.memory_budget_gb, runtime.device), progress=config.progress,
+        resume=config.resume, checkpoint_dir=config.checkpoint_uri or contracts.checkpoint_uri(config.output_uri),
+        fingerprint=_fingerprint(config, partition, runtime.world_size), log_metrics=logger.log_metrics)
     failed = True
     try:
         started = time.perf_counter()
-        members = [_train_pass(spec, data, partition, config, runtime, ckpt_dir, fingerprint, logger,
-                               refit_epochs=None)]
-        _, history, summaries = members[0]
-        # The selection pass's chosen epoch; its validation metrics are reported with or without a refit.
-        validation = next((r for r in history if r.epoch == summaries[config.model]["best_epoch"]), None)
-        refit_epochs: dict[str, int] = {}
-        if _refits(config):
-            refit_epochs = {stage: s["best_epoch"] for stage, s in summaries.items()}
-            if runtime.distributed:
-                # Only rank 0 evaluates, so only it knows the selected epochs.
-                counts = torch.tensor(list(refit_epochs.values()), device=runtime.device)
-                dist.broadcast(counts, 0)
-                refit_epochs = dict(zip(refit_epochs, counts.tolist(), strict=True))
-            data = _prepare_data(partition, config, runtime.device, hold_out=False)
-            members = []  # the refit members replace the selection pass's model
-        # With refit: every member is a refit pass of the selected epochs. Without: the selection pass's model is
-        # member 0 and each further member is a whole training run of its own seed.
-        for member in range(len(members), config.ensemble):
-            members.append(_train_pass(spec, data, partition, config, runtime, ckpt_dir, fingerprint, logger,
-                                       refit_epochs or None, member))
-        model = ensemble_of([m[0] for m in members])
-        _, history, summaries = members[-1]
-        summary = summaries[config.model]
-        summary["train_seconds"] = time.perf_counter() - started
+        fitted = family.fit(data, settings, context)
+        train_seconds = time.perf_counter() - started
         model_uri = storage.join(config.output_uri)
         metrics: dict[str, Any] = {}
         if runtime.is_main:
-            result = evaluate(model.eval(), partition, config.top_k)
-            model = model.cpu()
-            selected = next((r for r in history if r.epoch == summary["best_epoch"]), history[-1] if history else None)
-            metrics = {**result.metrics(), "loss": selected.loss if selected else float("nan"),
-                       "epochs": summary["epochs_trained"], "best_epoch": summary["best_epoch"],
-                       "train_seconds": round(summary["train_seconds"], 3),
-                       "samples_per_second": round(summary["samples_per_second"], 1), "model_type": config.model}
-            if validation is not None and validation.val_hr is not None:
-                metrics.update({f"val_hr@{config.top_k}": validation.val_hr,
-                                f"val_ndcg@{config.top_k}": validation.val_ndcg})
-            if refit_epochs:
-                metrics["refit_epochs"] = refit_epochs
-            if config.ensemble > 1 or (history and selected is not history[-1]):
-                print(_metric_line(metrics[f"hr@{config.top_k}"], metrics[f"ndcg@{config.top_k}"], metrics["loss"]),
-                      flush=True)
-            hyperparameters = {k: v for k, v in dataclasses.asdict(config).items()
-                               if k not in ("partition_uri", "output_uri", "tracking_uri", "checkpoint_uri", "resume",
-                                            "progress")}
+            k = config.top_k
+            with all_cores():
+                result = evaluate(fitted.scorer, partition, k, full_eval_users=config.full_eval_users)
+            metrics = {**result.metrics(), **fitted.metrics, "family": family.name,
+                       "train_seconds": round(train_seconds, 3)}
+            if fitted.report_line:
+                print(contracts.metric_line(result.hr, result.ndcg, fitted.loss), flush=True)
+            extra = {"partition_uri": partition.uri, "partition_fingerprint": partition.stats.get("fingerprint", ""),
+                     "mlflow_run_id": logger.run_id, "run_date": partition.stats.get("run_date", "")}
             with storage.staged_output(model_uri) as tmp:
-                write_package(tmp, model, metrics=metrics, hyperparameters=hyperparameters,
-                              extra={"partition_uri": partition.uri, "mlflow_run_id": logger.run_id,
-                                     "run_date": partition.stats.get("run_date", "")},
-                              **package_tables(partition))
+                write_package(tmp, fitted.exported, metrics=metrics, hyperparameters=hyperparameters(config),
+                              extra=extra, **package_tables(partition))
                 logger.finish(metrics, tmp, model_uri)
-            print(f"model package: {model_uri}  full-ranking hr@{config.top_k}="
-                  f"{metrics[f'full_hr@{config.top_k}']:.4f} ndcg@{config.top_k}="
-                  f"{metrics[f'full_ndcg@{config.top_k}']:.4f}", file=sys.stderr, flush=True)
+            full_hr, full_ndcg = (contracts.metric_name(kind, k, full=True) for kind in ("hr", "ndcg"))
+            context.log(f"model package: {model_uri}  full-ranking hr@{k}={metrics[full_hr]:.4f} "
+                        f"(+/- {metrics[contracts.ci_name(full_hr)]:.4f}) ndcg@{k}={metrics[full_ndcg]:.4f} "
+                        f"(+/- {metrics[contracts.ci_name(full_ndcg)]:.4f}) over {result.full_users.size:,} of "
+                        f"{result.users.size:,} test users; memory budget {format_bytes(context.memory_budget)}")
         if runtime.distributed:
             dist.barrier()
         failed = False

@@ -115,7 +115,7 @@ def _fetch_package(source: str, tracking_uri: str | None) -> tuple[Any, str | No
     name, _, _ = registry.parse_model_uri(source)
     version = registry.resolve_version(tracking_uri, source)
     tmp = tempfile.mkdtemp(prefix="ncf-serve-")
-    try:  # the package is fully in memory once loaded: the download is not needed afterwards
+    try:  # the loaded package maps its weights: the mapping outlives the deleted download
         return load_package(registry.download_package(tracking_uri, name, version, tmp)), version
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

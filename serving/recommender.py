@@ -3,8 +3,8 @@
 Shared by the KServe predictor (serving/predictor.py) and the MLflow pyfunc wrapper (ncf/registry.py), so a
 registry-loaded model and the live endpoint answer the same query the same way.
 
-Scores are the model's logits (monotone in the predicted probability); for unknown users the answer is the most
-popular items, `fallback=True`, scored by their training interaction counts.
+Scores come from the package's scorer (`ncf.families`: NCF logits, EASE / iALS scores, ...; higher is better); for
+unknown users the answer is the most popular items, `fallback=True`, scored by their training interaction counts.
 """
 
 from __future__ import annotations
@@ -50,15 +50,11 @@ def _is_int(value: Any) -> bool:
 
 
 class Recommender:
-    """Holds a loaded package and its precomputed `ItemScorer`; answers batches of queries."""
+    """Holds a loaded package and its family's scorer; answers batches of queries."""
 
     def __init__(self, package, *, max_k: int = MAX_K, max_instances: int = MAX_INSTANCES):
-        import torch
-
-        from ncf.scoring import ItemScorer
-
         self.package = package
-        self.scorer = ItemScorer(package.model)
+        self.scorer = package.scorer
         self.item_ids = np.asarray(package.item_ids, dtype=object)
         self.num_items = len(self.item_ids)
         self.user_index: dict[str, int] = package.user_index
@@ -69,7 +65,6 @@ class Recommender:
         self.popular_order = np.argsort(-self.popularity, kind="stable")
         self.max_k = min(max_k, self.num_items)
         self.max_instances = max_instances
-        self._torch = torch
 
     # ---- validation -------------------------------------------------------------------------------------
     def query(self, user_id: Any, k: Any = DEFAULT_K, exclude_seen: Any = True, candidates: Any = None,

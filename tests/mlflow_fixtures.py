@@ -191,9 +191,10 @@ def make_package(uri: str, partition, model, metrics: dict | None = None, hyperp
                  extra: dict | None = None) -> str:
     """A real model package (ncf.package.save_package) for `model` trained on `partition` (`extra`: more
     config.json fields, e.g. `partition_fingerprint`)."""
+    from ncf.families.ncf import export
     from ncf.package import package_tables, save_package
 
-    return save_package(uri, model, **package_tables(partition), metrics=metrics or {"ndcg@10": 0.0},
+    return save_package(uri, export(model), **package_tables(partition), metrics=metrics or {"ndcg@10": 0.0},
                         hyperparameters=hyperparameters or {"epochs": 1, "lr": 0.001, "factor_num": 32},
                         extra={"partition_uri": partition.uri, **(extra or {})})
 

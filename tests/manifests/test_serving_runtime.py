@@ -19,13 +19,14 @@ from tests.mlflow_fixtures import free_port, stop_process_group
 
 
 def _tiny_package(directory: Path) -> Path:
+    from ncf.families.ncf import export
     from ncf.models import NCF, ModelSpec
     from ncf.package import package_tables, save_package
     from tests.tiny_data import make_partition
 
     partition = make_partition()
     model = NCF(ModelSpec("NeuMF", partition.num_users, partition.num_items, factor_num=8, num_layers=2))
-    save_package(directory, model.eval(), **package_tables(partition), metrics={"ndcg@10": 0.0})
+    save_package(directory, export(model.eval()), **package_tables(partition), metrics={"ndcg@10": 0.0})
     return directory
 
 

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from ncf.evaluate import evaluate, full_ranks, hit_ndcg, sampled_ranks
+from ncf.evaluate import evaluate, sample_rows
 from ncf.models import ModelSpec, build_model
+from ncf.ranking import UNRANKED, full_ranks, hit_ndcg, sampled_ranks
 from ncf.sampling import seen_csr
 from ncf.scoring import ItemScorer
+from tests.tiny_data import make_partition
 
 
 class FixedScorer:
@@ -58,9 +60,11 @@ def test_full_ranks_exclude_seen_items_and_nan_competitors():
 def test_evaluate_returns_both_protocols_and_per_user_arrays(tiny_partition):
     torch.manual_seed(0)
     model = build_model(ModelSpec("NeuMF", tiny_partition.num_users, tiny_partition.num_items, 8, 2))
-    result = evaluate(model, tiny_partition, top_k=5)
+    result = evaluate(ItemScorer(model.eval()), tiny_partition, top_k=5)
     metrics = result.metrics()
-    assert set(metrics) == {"hr@5", "ndcg@5", "full_hr@5", "full_ndcg@5"}
+    assert set(metrics) == {"hr@5", "ndcg@5", "full_hr@5", "full_ndcg@5", "full_hr@5_ci95", "full_ndcg@5_ci95",
+                            "full_eval_users"}
+    assert metrics["full_eval_users"] == tiny_partition.num_users  # fewer users than the sample size: all of them
     assert result.hr_per_user.shape == result.full_ndcg_per_user.shape == (tiny_partition.num_users,)
     assert metrics["hr@5"] == result.hr_per_user.mean()
     # Cross-check the vectorised sampled protocol against a per-user loop over the model's forward.
@@ -85,3 +89,35 @@ def test_scorer_matches_forward_for_all_and_candidates(tiny_partition, members):
         cands = torch.tensor([[5, 1, 59], [0, 0, 7], [2, 3, 4]])
         torch.testing.assert_close(scorer.score_candidates(users, cands), full.gather(1, cands),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_items_rank_last_and_an_unknown_held_out_item_is_a_miss():
+    table = [[0.5, 0.9, 0.1, float("nan")],   # item 1 (unknown) outscores the positive: it does not count
+             [0.2, 0.3, 0.1, 0.0],            # the held-out item 1 is unknown: a miss however few candidates
+             [float("nan"), 0.0, 0.1, 0.2]]   # a NaN positive ties with every candidate, unknown ones included
+    known = torch.tensor([True, False, True, True])
+    scorer = FixedScorer(table)
+    sampled = sampled_ranks(scorer, [0, 1, 2], [0, 1, 0], [[1, 2, 3]] * 3, known)
+    assert sampled.tolist() == [0, UNRANKED, 3]
+    indptr, indices = seen_csr(np.array([2]), np.array([3]), num_users=3)
+    assert full_ranks(scorer, [0, 1, 2], [0, 1, 0], indptr, indices, known).tolist() == [0, UNRANKED, 2]
+    assert hit_ndcg(np.array([UNRANKED]), 1000)[0].tolist() == [0.0]
+
+
+def test_full_ranking_samples_a_fixed_set_of_users_with_a_confidence_interval():
+    partition = make_partition(num_users=50, num_items=60, per_user=5, num_neg=10, seed=2)
+    torch.manual_seed(1)
+    scorer = ItemScorer(build_model(ModelSpec("GMF", 50, 60, 8)).eval())
+    everyone = evaluate(scorer, partition, 10, full_eval_users=0)
+    sampled = evaluate(scorer, partition, 10, full_eval_users=20)
+    assert everyone.full_users.tolist() == list(range(50)) and sampled.full_users.size == 20
+    np.testing.assert_array_equal(sampled.full_users, sample_rows(50, 20))  # a function of the sizes only
+    np.testing.assert_array_equal(sampled.full_users, evaluate(scorer, partition, 10, full_eval_users=20).full_users)
+    # The sample's per-user values are the whole population's, restricted to the sampled users.
+    np.testing.assert_allclose(sampled.full_hr_per_user, everyone.full_hr_per_user[sampled.full_users])
+    assert sampled.hr_per_user.shape == (50,)  # the sampled-99 protocol keeps every user
+    metrics = sampled.metrics()
+    assert metrics["full_eval_users"] == 20
+    per_user = sampled.full_ndcg_per_user
+    assert metrics["full_ndcg@10_ci95"] == pytest.approx(1.959964 * per_user.std(ddof=1) / np.sqrt(20), rel=1e-5)
+    assert sample_rows(10, 20).tolist() == list(range(10))

@@ -89,6 +89,7 @@ def test_champion_is_scored_in_its_own_id_space():
     still scored (popularity fallback), so both models are compared on every row."""
     from ncf.evaluate import evaluate
     from ncf.package import load_package
+    from ncf.scoring import ItemScorer
 
     old = make_partition(num_users=30, seed=3)
     model = oracle_model(old, noise=0.8)
@@ -104,7 +105,7 @@ def test_champion_is_scored_in_its_own_id_space():
     with tempfile.TemporaryDirectory() as tmp:
         champion = load_package(make_package(f"{tmp}/old", old, model))
         (scores,) = gate.score_packages([champion], new, "ndcg@10")
-    direct = evaluate(model, old, 10)
+    direct = evaluate(ItemScorer(model), old, 10)
     assert scores.coverage == gate.Coverage(rows=40, known_user=30, known_test_item=40, native=30)
     assert scores.per_user.shape == (40,)
     np.testing.assert_allclose(scores.per_user[:30], direct.ndcg_per_user[perm], rtol=1e-6)
@@ -114,13 +115,14 @@ def test_fully_known_rows_score_exactly_as_ncf_evaluate():
     """With no unknown ids the gate's scoring is `ncf.evaluate`, both protocols."""
     from ncf.evaluate import evaluate
     from ncf.package import load_package
+    from ncf.scoring import ItemScorer
 
     partition = make_partition(num_users=50, num_items=90, seed=4)
     model = oracle_model(partition, noise=1.0)
     with tempfile.TemporaryDirectory() as tmp:
         (scores,) = gate.score_packages([load_package(make_package(f"{tmp}/m", partition, model))], partition,
                                         "full_ndcg@10")
-    direct = evaluate(model, partition, 10)
+    direct = evaluate(ItemScorer(model), partition, 10)
     assert scores.metrics == pytest.approx(direct.metrics())
     np.testing.assert_allclose(scores.per_user, direct.full_ndcg_per_user)
 
@@ -129,6 +131,7 @@ def _hand_package(directory, *, user_ids, item_ids, item_scores, popularity):
     """A GMF with one factor: logit(user, item) = item_scores[item] for every known user."""
     import torch
 
+    from ncf.families.ncf import export
     from ncf.models import ModelSpec, build_model
     from ncf.package import load_package, save_package
 
@@ -138,7 +141,7 @@ def _hand_package(directory, *, user_ids, item_ids, item_scores, popularity):
         model.embed_item_GMF.weight.copy_(torch.tensor(item_scores, dtype=torch.float32)[:, None])
         model.predict_layer.weight.fill_(1.0)
         model.predict_layer.bias.zero_()
-    save_package(directory, model.eval(), user_ids=user_ids, item_ids=item_ids,
+    save_package(directory, export(model.eval()), user_ids=user_ids, item_ids=item_ids,
                  seen_indptr=np.zeros(len(user_ids) + 1, dtype=np.int64), seen_indices=np.zeros(0, dtype=np.int32),
                  popularity=np.asarray(popularity, dtype=np.float32), metrics={})
     return load_package(directory)

@@ -65,8 +65,8 @@ def test_sqlite_round_trip(tmp_path):
     local = registry.download_package(tracking_uri, "ncf", version.version, tmp_path / "dl")
     reloaded = load_package(local)
     original = load_package(package_uri)
-    for key, value in original.model.state_dict().items():
-        assert np.array_equal(value.numpy(), reloaded.model.state_dict()[key].numpy())
+    for key, value in original.weights.items():
+        assert np.array_equal(value.numpy(), reloaded.weights[key].numpy())
 
 
 def test_pinned_requirements_and_bad_uris(tmp_path):

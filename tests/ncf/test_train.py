@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from ncf import train
+from ncf.contracts import metric_line
 from ncf.errors import UserError
+from ncf.families.ncf import load_model
 from ncf.package import load_package
+from ncf.splits import Interactions
 from ncf.train import TrainConfig, apply_preset, main, run
 from tests.tiny_data import make_partition, write_partition
 
@@ -31,7 +34,7 @@ def _config(partition_uri, output, **overrides) -> TrainConfig:
 
 
 def _weights(uri):
-    return load_package(uri).model.state_dict()
+    return load_package(uri).weights
 
 
 def _assert_same_weights(a, b):
@@ -120,7 +123,7 @@ def test_resume_after_kill_is_bit_identical(tiny_partition_uri, tmp_path, monkey
     resumed = run(TrainConfig(**{**killed.__dict__, "resume": True}))
     _assert_same_weights(_weights(full.model_uri), _weights(resumed.model_uri))
     assert _without_timing(full.metrics) == _without_timing(resumed.metrics)
-    assert ("refit_epochs" in full.metrics) == train._refits(killed)
+    assert ("refit_epochs" in full.metrics) == (killed.refit and killed.patience > 0)
 
 
 def test_resume_with_a_different_config_is_refused(tiny_partition_uri, tmp_path):
@@ -242,8 +245,8 @@ def test_recency_rank_orders_each_users_history():
 
 @pytest.mark.parametrize("power", [1.0, 4.0])
 def test_recency_weights_follow_weight_and_power(tiny_partition, power):
-    config = TrainConfig(partition_uri="memory://tiny", output_uri="unused", recency_weight=8.0, recency_power=power)
-    data = train._prepare_data(tiny_partition, config, torch.device("cpu"), hold_out=False)
+    settings = train.NCFSettings(recency_weight=8.0, recency_power=power)
+    data = train._prepare_data(Interactions.of(tiny_partition), settings, torch.device("cpu"))
     ranks = train.recency_rank(tiny_partition.train_users, tiny_partition.train_items, tiny_partition.train_ts,
                                tiny_partition.num_users)
     raw = 1.0 + 8.0 * ranks**power
@@ -283,10 +286,10 @@ def test_refit_retrains_each_stage_on_all_of_train_for_its_selected_epochs(tiny_
     assert pkg.metrics["hr@10"] == pytest.approx(final[-1].hr)
     # The dashboards scrape stdout: only the exported (refit) model's epochs go there.
     captured = capsys.readouterr()
-    assert captured.out.splitlines() == [train._metric_line(r.hr, r.ndcg, r.loss) for r in final]
+    assert captured.out.splitlines() == [metric_line(r.hr, r.ndcg, r.loss) for r in final]
     for stage in ("GMF", "MLP", "NeuMF", "GMF-refit", "MLP-refit"):
         for r in by_stage[stage]:
-            assert train._metric_line(r.hr, r.ndcg, r.loss) in captured.err, stage
+            assert metric_line(r.hr, r.ndcg, r.loss) in captured.err, stage
     assert "[NeuMF] early stop" in captured.err
     assert f"[NeuMF-refit] epoch {expected['NeuMF']}/{expected['NeuMF']}" in captured.err
 
@@ -333,15 +336,15 @@ def test_ensemble_refits_each_member_with_its_own_seed(tiny_partition_uri, tmp_p
     assert ensemble.metrics["refit_epochs"] == single.metrics["refit_epochs"]
     pkg = load_package(ensemble.model_uri)
     assert pkg.config["members"] == 3 and pkg.config["hyperparameters"]["ensemble"] == 3
-    members = pkg.model.members
+    members = load_model(pkg).members
     # Member 0 is the single model; the others are different models (their own seeds).
     _assert_same_weights(members[0].state_dict(), _weights(single.model_uri))
     assert not torch.equal(members[1].embed_user_GMF.weight, members[0].embed_user_GMF.weight)
     assert not torch.equal(members[2].embed_user_GMF.weight, members[1].embed_user_GMF.weight)
     # The exported metrics are the ensemble's; stdout has the last member's epochs, then the ensemble's line.
     assert ensemble.metrics["hr@10"] == pkg.metrics["hr@10"]
-    assert stdout[:-1] == [train._metric_line(r.hr, r.ndcg, r.loss) for r in by_stage["GMF-refit-m2"]]
-    assert stdout[-1] == train._metric_line(pkg.metrics["hr@10"], pkg.metrics["ndcg@10"], pkg.metrics["loss"])
+    assert stdout[:-1] == [metric_line(r.hr, r.ndcg, r.loss) for r in by_stage["GMF-refit-m2"]]
+    assert stdout[-1] == metric_line(pkg.metrics["hr@10"], pkg.metrics["ndcg@10"], pkg.metrics["loss"])
 
 
 def test_ensemble_without_refit_trains_every_member_in_full(tiny_partition_uri, tmp_path, monkeypatch):
@@ -351,4 +354,4 @@ def test_ensemble_without_refit_trains_every_member_in_full(tiny_partition_uri, 
     # Member 1 is the single run of its seed.
     seed_1 = run(_config(tiny_partition_uri, tmp_path / "seed", model="GMF", epochs=2, patience=0,
                          seed=42 + train._member_seed(0, 1)))
-    _assert_same_weights(load_package(result.model_uri).model.members[1].state_dict(), _weights(seed_1.model_uri))
+    _assert_same_weights(load_model(load_package(result.model_uri)).members[1].state_dict(), _weights(seed_1.model_uri))

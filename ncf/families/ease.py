@@ -1,0 +1,146 @@
+"""EASE (Steck 2019, "Embarrassingly Shallow Autoencoders for Sparse Data"): a closed-form item-item model.
+
+With X the binary user x item matrix of the training rows and G = XᵀX:
+    P = (G + λI)⁻¹,   B = I - P / diag(P)   (B[j, i] = -P[j, i] / P[i, i] off the diagonal, 0 on it),
+    score(u, i) = Σ_{j in u's history} B[j, i]   (the row x_u B).
+G + λI is symmetric positive definite, so P comes from a Cholesky factorisation and its inverse, both in place
+(LAPACK potrf + potri): the fit holds one N x N float64 matrix plus the float32 B it exports.
+
+Package: `weights.safetensors` holds `B` (float32 [N, N], so the package grows with the square of the catalogue);
+`config.json` `ease_lambda`, `num_users`, `num_items`, `"score": "ease"`. At serving time the user's history is the
+package's seen CSR (every training item), the same X the exported B was refit on. The catalogue's item-item
+matrices must fit in the memory budget; a larger catalogue is refused with the sizes named. No inner-product
+vectors: the score is x_u · B[:, i], a product in N dimensions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from ncf.errors import UserError
+from ncf.families.base import ClosedFormFamily, ExportedModel, FitContext, Scorer, as_index, candidate_matrix
+from ncf.splits import Interactions
+
+_GATHERED_PER_CHUNK = 1 << 24  # history x candidate entries gathered at once in score_candidates
+
+
+@dataclasses.dataclass(frozen=True)
+class EaseSettings:
+    ease_lambda: float = 500.0
+
+    def __post_init__(self) -> None:
+        if not self.ease_lambda > 0:
+            raise UserError(f"ease_lambda: must be positive, got {self.ease_lambda}")
+
+
+class EaseScorer(Scorer):
+    """score(u, i) = Σ_{j in history(u)} B[j, i], the history a CSR (`indptr`, `indices`)."""
+
+    def __init__(self, b: torch.Tensor, indptr: np.ndarray, indices: np.ndarray):
+        self.b = b
+        self.num_items = b.shape[0]
+        self.indptr = torch.as_tensor(np.asarray(indptr, dtype=np.int64))
+        self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+
+    def _history(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row offsets [B + 1], history items, row of each item) for `users`."""
+        starts, ends = self.indptr[users], self.indptr[users + 1]
+        counts = ends - starts
+        crow = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        rows = torch.repeat_interleave(torch.arange(len(users)), counts)
+        items = self.indices[starts[rows] + torch.arange(int(crow[-1])) - crow[rows]]
+        return crow, items, rows
+
+    @torch.no_grad()
+    def score_all(self, users) -> torch.Tensor:
+        users = as_index(users, self.device).view(-1)
+        crow, items, _ = self._history(users)
+        with warnings.catch_warnings():  # torch marks sparse CSR as beta; its CPU matmul is 7x index_add here
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+            x = torch.sparse_csr_tensor(crow, items, torch.ones(items.numel()), size=(len(users), self.num_items))
+        return x @ self.b
+
+    @torch.no_grad()
+    def score_candidates(self, users, items) -> torch.Tensor:
+        users = as_index(users, self.device).view(-1)
+        items = candidate_matrix(users, items, self.device)
+        out = torch.zeros(items.shape, dtype=torch.float32)
+        counts = (self.indptr[users + 1] - self.indptr[users]).tolist()
+        lo = 0
+        while lo < len(users):  # chunks of users whose history x candidates stays within _GATHERED_PER_CHUNK
+            hi, size = lo + 1, counts[lo]
+            while hi < len(users) and (size + counts[hi]) * items.shape[1] <= _GATHERED_PER_CHUNK:
+                size += counts[hi]
+                hi += 1
+            _, history, rows = self._history(users[lo:hi])
+            out[lo:hi].index_add_(0, rows, self.b[history[:, None], items[lo:hi][rows]])
+            lo = hi
+        return out
+
+
+def _mirror_upper(matrix: np.ndarray, block: int = 2048) -> None:
+    """Copy the upper triangle onto the lower one, in place, a block of rows at a time."""
+    for start in range(0, matrix.shape[0], block):
+        end = min(start + block, matrix.shape[0])
+        matrix[start:end, :start] = matrix[:start, start:end].T
+
+
+class EaseFamily(ClosedFormFamily):
+    name = "ease"
+    settings_type = EaseSettings
+
+    def memory(self, rows: Interactions) -> dict[str, int]:
+        """Bytes the fit needs at its peak: the dense Gram (then its inverse) in float64, the sparse Gram it is
+        built from (at most every item pair a user has), and the float32 weights."""
+        n = rows.num_items
+        per_user = np.bincount(rows.users, minlength=rows.num_users).astype(np.float64)
+        pairs = min(float(n) * n, float((per_user ** 2).sum()))
+        return {f"item-item Gram / inverse ({n:,} x {n:,} float64)": 8 * n * n,
+                "sparse Gram": int(12 * pairs), f"weights B ({n:,} x {n:,} float32)": 4 * n * n}
+
+    def fit_rows(self, rows: Interactions, settings: EaseSettings, context: FitContext
+                 ) -> tuple[EaseScorer, ExportedModel]:
+        import scipy.sparse
+        from scipy.linalg import lapack
+
+        n = rows.num_items
+        context.require_memory(self.memory(rows), f"ease: a catalogue of {n:,} items",
+                               "use --family ials (memory linear in the catalogue), or drop rare items in "
+                               "preprocessing (--min-item-interactions)")
+        indptr, indices = rows.seen_csr()
+        x = scipy.sparse.csr_matrix((np.ones(indices.size), indices, indptr), shape=(rows.num_users, n))
+        gram = (x.T @ x).toarray()
+        gram[np.diag_indices(n)] += settings.ease_lambda
+        # gram is symmetric: its transpose is the same matrix in Fortran order, which LAPACK overwrites in place.
+        factor, info = lapack.dpotrf(gram.T, lower=False, overwrite_a=True, clean=False)
+        if info == 0:
+            p, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
+        if info != 0:
+            raise UserError(f"ease: XᵀX + {settings.ease_lambda} I is not positive definite (LAPACK info {info}); "
+                            "raise --ease-lambda")
+        _mirror_upper(p)
+        p /= -np.diag(p).copy()[None, :]
+        p[np.diag_indices(n)] = 0.0
+        if not np.isfinite(p).all():
+            raise UserError(f"ease: the closed form is not finite with lambda {settings.ease_lambda}; raise --ease-lambda")
+        b = torch.from_numpy(p.astype(np.float32, order="C"))
+        del p, gram, factor
+        exported = ExportedModel(self.name, {"B": b},
+                                 {"num_users": rows.num_users, "num_items": n, "ease_lambda": settings.ease_lambda,
+                                  "score": "ease"})
+        return EaseScorer(b, indptr, indices), exported
+
+    def load(self, weights: dict[str, torch.Tensor], config: dict[str, Any], package) -> EaseScorer:
+        b = weights["B"]
+        n = config["num_items"]
+        if tuple(b.shape) != (n, n):
+            raise ValueError(f"B is {tuple(b.shape)}, expected ({n}, {n})")
+        return EaseScorer(b, package.seen_indptr, package.seen_indices)
+
+
+FAMILY = EaseFamily()

@@ -62,7 +62,8 @@ class EaseScorer(Scorer):
         crow, items, _ = self._history(users)
         with warnings.catch_warnings():  # torch marks sparse CSR as beta; its CPU matmul is 7x index_add here
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
-            x = torch.sparse_csr_tensor(crow, items, torch.ones(items.numel()), size=(len(users), self.num_items))
+            x = torch.sparse_csr_tensor(crow, items, torch.ones(items.numel()), size=(len(users), self.num_items),
+                                        check_invariants=False)  # built valid: sorted rows, items in range
         return x @ self.b
 
     @torch.no_grad()
@@ -88,6 +89,9 @@ def _mirror_upper(matrix: np.ndarray, block: int = 2048) -> None:
     for start in range(0, matrix.shape[0], block):
         end = min(start + block, matrix.shape[0])
         matrix[start:end, :start] = matrix[:start, start:end].T
+        diagonal = matrix[start:end, start:end]
+        below = np.tril_indices(end - start, -1)
+        diagonal[below] = diagonal.T[below]
 
 
 class EaseFamily(ClosedFormFamily):

@@ -91,6 +91,35 @@ def test_scorer_matches_forward_for_all_and_candidates(tiny_partition, members):
                                    rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("members", [1, 3])
+def test_scorer_vectors_are_the_gmf_part_of_the_logit(members):
+    """GMF: logit = <user, item> + bias ("exact"); NeuMF: logit = <user, item> + the MLP tower's term + bias, the
+    product being exactly what the GMF branch adds ("partial"); MLP has no vectors."""
+    torch.manual_seed(4)
+    users = torch.arange(30)
+    gmf = build_model(ModelSpec("GMF", 30, 60, 8, members=members)).eval()
+    scorer = ItemScorer(gmf)
+    assert scorer.inner_product == "exact"
+    product = scorer.user_vectors() @ scorer.item_vectors().t()
+    assert scorer.user_vectors().shape == (30, 8 * members)
+    torch.testing.assert_close(scorer.score_all(users), product + scorer.bias, rtol=1e-5, atol=1e-6)
+
+    neumf = build_model(ModelSpec("NeuMF", 30, 60, 8, 2, members=members)).eval()
+    scorer = ItemScorer(neumf)
+    assert scorer.inner_product == "partial"
+    without_gmf = build_model(neumf.spec).eval()
+    without_gmf.load_state_dict(neumf.state_dict())
+    with torch.no_grad():
+        for name, parameter in without_gmf.named_parameters():
+            if "embed_item_GMF" in name:  # the GMF branch then adds nothing
+                parameter.zero_()
+    rest = ItemScorer(without_gmf).score_all(users)  # the MLP term + bias alone
+    product = scorer.user_vectors() @ scorer.item_vectors().t()
+    torch.testing.assert_close(scorer.score_all(users), product + rest, rtol=1e-5, atol=1e-5)
+    with pytest.raises(NotImplementedError, match="no inner-product vectors"):
+        ItemScorer(build_model(ModelSpec("MLP", 30, 60, 8, 2)).eval()).user_vectors()
+
+
 def test_unknown_items_rank_last_and_an_unknown_held_out_item_is_a_miss():
     table = [[0.5, 0.9, 0.1, float("nan")],   # item 1 (unknown) outscores the positive: it does not count
              [0.2, 0.3, 0.1, 0.0],            # the held-out item 1 is unknown: a miss however few candidates

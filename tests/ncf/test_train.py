@@ -355,3 +355,43 @@ def test_ensemble_without_refit_trains_every_member_in_full(tiny_partition_uri, 
     seed_1 = run(_config(tiny_partition_uri, tmp_path / "seed", model="GMF", epochs=2, patience=0,
                          seed=42 + train._member_seed(0, 1)))
     _assert_same_weights(load_model(load_package(result.model_uri)).members[1].state_dict(), _weights(seed_1.model_uri))
+
+
+def test_a_model_over_the_memory_budget_is_refused_with_its_estimate(tiny_partition_uri, tmp_path, capsys):
+    """`--num-layers 20` makes a 33-million-wide tower input: refused before anything is allocated."""
+    out = tmp_path / "models" / "huge"
+    assert main(["--partition-uri", tiny_partition_uri, "--output-uri", str(out), "--num-layers", "20",
+                 "--progress", "off"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"error: model: NeuMF x3 for 40 users x 80 items, factor_num 32, mlp_layers \[33554432, .*"
+                     r"needs an estimated [\d,.]+ TB \(parameters [\d,.]+ TB, optimizer .*\), over the memory budget "
+                     r"of [\d,.]+ GB \(--memory-budget-gb\)", err), err
+    assert not out.exists() and not (tmp_path / "models" / "huge.checkpoint").exists()
+    # The budget is a setting: the default model fits in a gigabyte, not in a kilobyte.
+    assert main(["--partition-uri", tiny_partition_uri, "--output-uri", str(out), "--memory-budget-gb", "1e-6",
+                 *FAST]) == 2
+    assert "over the memory budget of 1.0 KB" in capsys.readouterr().err
+
+
+def test_a_diverging_loss_stops_the_run_and_publishes_nothing(tiny_partition_uri, tmp_path, capsys):
+    out = tmp_path / "m"
+    code = main(["--partition-uri", tiny_partition_uri, "--output-uri", str(out), *FAST, "--lr", "1e6",
+                 "--patience", "0"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert re.search(r"error: \[GMF\] epoch 1: training loss [\d.e+]+ is above --max-loss 6\.931 \(predicting 0\.5 "
+                     r"everywhere scores 0\.6931\): the training diverged; lower --lr \(now 1000000\.0\)", err), err
+    assert not out.exists()
+
+
+def test_loss_guard_rules():
+    settings = train.NCFSettings(lr=0.1)
+    train._check_loss("NeuMF", 3, 0.3, 0.2, settings)  # noise around a low loss is fine
+    train._check_loss("NeuMF", 3, 0.6, 0.2, settings)  # more than doubled, but below a coin's loss: not divergence
+    with pytest.raises(UserError, match=r"\[NeuMF\] epoch 3: training loss 0\.9000 more than doubled from the "
+                                        r"stage's lowest 0\.3000: the training diverged; lower --lr \(now 0\.1\)"):
+        train._check_loss("NeuMF", 3, 0.9, 0.3, settings)
+    with pytest.raises(UserError, match="above --max-loss"):
+        train._check_loss("NeuMF", 1, 7.0, None, settings)
+    with pytest.raises(UserError, match="training loss is nan; lower --lr"):
+        train._check_loss("NeuMF", 1, float("nan"), None, settings)

@@ -1,4 +1,4 @@
-"""`ncfctl bench <preprocess|train|serve|all> [options]`: run the benchmarks in bench/.
+"""`ncfctl bench <preprocess|train|serve|evaluation|all> [options]`: run the benchmarks in bench/.
 
 Each benchmark measures its targets as ratios against a baseline run in the same process, prints a table and
 appends it (with the command) to bench/RESULTS.md. Options after the name go to the benchmark (`--quick`, ...).
@@ -13,6 +13,7 @@ BENCHMARKS = {
     "preprocess": "bench.preprocess",
     "train": "bench.train",
     "serve": "bench.serve",
+    "evaluation": "bench.evaluation",
 }
 
 

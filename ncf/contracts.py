@@ -134,5 +134,5 @@ def metric_line(hr: float, ndcg: float, loss: float | None = None) -> str:
 
 # Full ranking scores every item for each user; above this many test users it scores a fixed-seed sample of them
 # (docs/training.md "Evaluation at scale" says how the number was chosen).
-DEFAULT_FULL_EVAL_USERS = 2000
+DEFAULT_FULL_EVAL_USERS = 1000
 FULL_EVAL_SEED = 20260101

@@ -17,8 +17,9 @@ import torch
 from ncf.families.base import Scorer
 from ncf.models import NCF, ModelSpec, NCFEnsemble
 
-# Upper bound on the [users, items, hidden] activations materialised at once (floats): ~256 MB.
-_ACTIVATION_BUDGET = 1 << 26
+# Upper bound on the [users, items, hidden] activations materialised at once (floats): 4 MB, so a chunk's tower
+# runs in cache; measured 1.9x (candidates) to 2.7x (all items) faster per pair than 256 MB chunks on 50k items.
+_ACTIVATION_BUDGET = 1 << 20
 
 
 def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -100,29 +101,33 @@ class ItemScorer(Scorer):
     def item_vectors(self) -> torch.Tensor:
         return super().item_vectors() if self.item_gmf is None else self.item_gmf
 
-    def _score(self, users: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
-        """items None: all items ([B, N]); else per-user candidates [B, C]."""
+    def _score(self, users: torch.Tensor, items: torch.Tensor | None, span: slice = slice(None)) -> torch.Tensor:
+        """items None: the items in `span` ([B, len(span)]); else per-user candidates [B, C]."""
         out = self.bias.expand(1, 1)
+        b = len(users)
+        if items is not None:
+            flat = items.reshape(-1)  # index_select gathers rows ~2x faster than advanced indexing
         if self.item_gmf is not None:
-            user_gmf = self.user_gmf[:, users].float().transpose(0, 1).reshape(len(users), -1) * self.gmf_weight
+            user_gmf = self.user_gmf[:, users].float().transpose(0, 1).reshape(b, -1) * self.gmf_weight
             if items is None:
-                gmf = user_gmf @ self.item_gmf.t()
+                gmf = user_gmf @ self.item_gmf[span].t()
             else:
-                gmf = torch.einsum("bf,bcf->bc", user_gmf, self.item_gmf[items])
+                gmf = torch.bmm(self.item_gmf.index_select(0, flat).view(b, items.shape[1], -1),
+                                user_gmf[:, :, None]).view(b, -1)
             out = out + gmf
         if self.item_first is not None:
             user_first = torch.bmm(self.user_mlp[:, users].float(), self.user_first)  # [K, B, h1]
-            item_first = self.item_first[:, None] if items is None else self.item_first[:, items]  # [K, 1|B, N|C, h1]
-            h = user_first[:, :, None, :] + item_first  # [K, B, N|C, h1]
+            if items is None:
+                h = user_first[:, :, None, :] + self.item_first[:, None, span]  # [K, B, N, h1]
+            else:
+                k, h1 = self.item_first.shape[0], self.item_first.shape[2]
+                h = self.item_first.index_select(1, flat).view(k, b, -1, h1).add_(user_first[:, :, None, :])
             k, b, n, _ = h.shape
             h = torch.relu_(h.view(k, b * n, -1))
             for weight, bias in self.tower:
                 h = torch.relu_(torch.baddbmm(bias, h, weight))
             out = out + torch.bmm(h, self.mlp_weight).sum(dim=0).view(b, n)
         return out
-
-    def _chunk(self, width: int) -> int:
-        return max(1, _ACTIVATION_BUDGET // max(1, width * self.hidden))
 
     def _as_index(self, x) -> torch.Tensor:
         return torch.as_tensor(x, dtype=torch.long, device=self.device)
@@ -131,9 +136,15 @@ class ItemScorer(Scorer):
     def score_all(self, users) -> torch.Tensor:
         """Logits for every item: float32 [len(users), num_items]."""
         users = self._as_index(users).view(-1)
-        step = self._chunk(self.num_items)
-        return torch.cat([self._score(users[i:i + step], None) for i in range(0, len(users), step)]) \
-            if len(users) else torch.empty(0, self.num_items, device=self.device)
+        if not len(users):
+            return torch.empty(0, self.num_items, device=self.device)
+        step = _ACTIVATION_BUDGET // (self.num_items * self.hidden)
+        if step >= 1:
+            return torch.cat([self._score(users[i:i + step], None) for i in range(0, len(users), step)])
+        # One user's row exceeds the budget (large catalogues): score it in blocks of items.
+        block = max(1, _ACTIVATION_BUDGET // self.hidden)
+        return torch.cat([torch.cat([self._score(users[i:i + 1], None, slice(j, j + block))
+                                     for j in range(0, self.num_items, block)], dim=1) for i in range(len(users))])
 
     @torch.no_grad()
     def score_candidates(self, users, items) -> torch.Tensor:
@@ -142,6 +153,6 @@ class ItemScorer(Scorer):
         items = self._as_index(items)
         if items.dim() == 1:
             items = items.expand(len(users), -1)
-        step = self._chunk(items.shape[1])
+        step = max(1, _ACTIVATION_BUDGET // max(1, items.shape[1] * self.hidden))
         return torch.cat([self._score(users[i:i + step], items[i:i + step]) for i in range(0, len(users), step)]) \
             if len(users) else torch.empty(0, items.shape[1], device=self.device)

@@ -485,7 +485,7 @@ def _train_stage(stage: str, model: NCF, data: _Data, fit: FitData, settings: NC
     history: list[_EpochRecord] = []
     best = {"score": -1.0, "epoch": 0, "state": None, "bad_epochs": 0}
     start_epoch = 0
-    state = checkpoint.load(ckpt_uri, ctx.fingerprint) if ctx.resume else None
+    state = checkpoint.load(ckpt_uri, ctx.fingerprint) if ctx.resume and ctx.checkpoint_dir else None
     if state is not None:
         if state.get("step_kind") != step.kind:
             raise UserError(f"{ckpt_uri}: checkpoint was written by the {state.get('step_kind')} training step, this "
@@ -549,7 +549,7 @@ def _train_stage(stage: str, model: NCF, data: _Data, fit: FitData, settings: NC
         if runtime.distributed:
             dist.broadcast(stop, 0)
         stopped = bool(stop.item())
-        if runtime.is_main:
+        if runtime.is_main and ctx.checkpoint_dir:
             checkpoint.save(ckpt_uri, {
                 "fingerprint": ctx.fingerprint, "config": dataclasses.asdict(settings), "stage": label,
                 "epoch": epoch + 1, "model": model.state_dict(), "optimizer": step.state_dict(),
@@ -607,7 +607,8 @@ def fit_ncf(fit: FitData, settings: NCFSettings, ctx: FitContext
     """
     runtime = ctx.runtime
     spec = settings.spec(fit.train.num_users, fit.train.num_items)
-    layers = "" if spec.model_type == "GMF" else f", mlp_layers {list(spec.mlp_layers)}"
+    widths = list(spec.mlp_layers) if len(spec.mlp_layers) <= 6 else [*spec.mlp_layers[:3], "...", spec.mlp_layers[-1]]
+    layers = "" if spec.model_type == "GMF" else f", mlp_layers [{', '.join(map(str, widths))}]"
     ctx.require_memory(memory_estimate(spec, settings, fit.all_train.users.size, runtime.device),
                        f"model: {spec.model_type} x{settings.ensemble} for {spec.num_users:,} users x "
                        f"{spec.num_items:,} items, factor_num {spec.factor_num}{layers}",

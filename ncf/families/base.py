@@ -130,7 +130,7 @@ class FitContext:
     memory_budget: int = 0  # bytes a fit may use (0: unchecked)
     progress: str = "off"  # auto / on / off
     resume: bool = False
-    checkpoint_dir: str = ""
+    checkpoint_dir: str = ""  # where a family that checkpoints writes them (NCF, per epoch); "": no checkpoints
     fingerprint: str = ""  # of the settings and data that shape the result (checkpoints record it)
     log_metrics: Callable[[dict[str, float], int], None] = lambda values, step: None  # MLflow, when configured
 

@@ -50,3 +50,25 @@ def test_naive_reference_loops_sample_exact_negatives_and_train(variant):
 
     result = bench_train.naive_samples_per_second(partition, max_batches=2, variant=variant)
     assert result["samples"] == 2 * 256 and result["samples_per_s"] > 0 and result["samples_per_cpu_s"] > 0
+
+
+def test_gpu_families_smoke_on_cpu(tmp_path, capsys):
+    from bench import gpu_families
+
+    results = tmp_path / "RESULTS.md"
+    assert gpu_families.main(["--device", "cpu", "--tiny", "--results", str(results)]) == 0
+    table = results.read_text()
+    for family in gpu_families.SETTINGS:
+        assert f"| {family} |" in table
+    assert "| NO |" not in table and table.count("| yes |") == len(gpu_families.SETTINGS)
+
+
+def test_evaluation_benchmark_smoke(tmp_path, capsys):
+    from bench import evaluation
+
+    results = tmp_path / "RESULTS.md"
+    assert evaluation.main(["--users", "300", "--items", "400", "--members", "2", "--full-eval-users", "50",
+                            "--cores", "1", "--results", str(results)]) == 0
+    table = results.read_text()
+    assert "full ranking over 50)" in table and "score challenger and champion" in table
+    assert "train-step evaluation + gate" in capsys.readouterr().out

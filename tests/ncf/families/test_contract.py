@@ -186,3 +186,21 @@ def test_a_package_written_before_families_loads_and_serves(tmp_path, predictor)
     (prediction,) = requests.post(f"{url}/v1/models/ncf:predict", timeout=30,
                                   json={"instances": [{"user_id": package.user_ids[2], "k": 4}]}).json()["predictions"]
     _check_top_k(prediction, forward[2].numpy(), package.item_ids, set(package.seen_items(2).tolist()), 4)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_fit_on_the_validation_split_is_one_call(family, partition, tmp_path, monkeypatch):
+    """What a tuner does per trial: fit with some settings on (train, validation) and read the validation score;
+    no package, no checkpoint, nothing written."""
+    from ncf.families import get
+    from ncf.families.base import FitContext, Runtime
+    from ncf.splits import fit_data
+
+    chosen = get(family)
+    config = TrainConfig(partition_uri=partition.uri, output_uri="unused", family=family,
+                         **{**SETTINGS[family], "patience": 1} if family == "ncf" else SETTINGS[family])
+    data = fit_data(partition, validation=True, seed=42)
+    monkeypatch.chdir(tmp_path)  # anything written to a relative path would land here
+    result = chosen.fit(data, chosen.settings(config), FitContext(Runtime(torch.device("cpu")), refit=False))
+    assert 0.0 <= result.metrics["val_ndcg@10"] <= result.metrics["val_hr@10"] <= 1.0
+    assert list(tmp_path.iterdir()) == []

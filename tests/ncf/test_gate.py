@@ -127,6 +127,29 @@ def test_fully_known_rows_score_exactly_as_ncf_evaluate():
     np.testing.assert_allclose(scores.per_user, direct.full_ndcg_per_user)
 
 
+def test_full_ranking_uses_the_same_sampled_rows_for_every_model(store):
+    """With more test rows than full_eval_users, both models are ranked on one fixed sample of rows, and the report
+    carries its size and the metrics' intervals."""
+    from ncf.evaluate import ci95, evaluate, sample_rows
+    from ncf.package import load_package
+
+    root, partition, packages = store
+    models = [load_package(packages[name]) for name in ("medium", "better")]
+    scores = gate.score_packages(models, partition, "full_ndcg@10", full_eval_users=25)
+    for package, score in zip(models, scores, strict=True):
+        assert score.metrics["full_eval_users"] == 25 and score.per_user.shape == (25,)
+        direct = evaluate(package.scorer, partition, 10, full_eval_users=25)
+        np.testing.assert_array_equal(direct.full_users, sample_rows(partition.test_users.size, 25))
+        np.testing.assert_allclose(score.per_user, direct.full_ndcg_per_user)
+        assert score.metrics["full_ndcg@10_ci95"] == pytest.approx(ci95(score.per_user))
+    result = _gate(store, "better", full_eval_users=25, tracking_uri=registry.default_tracking_uri(root / "sample"),
+                   report_uri=str(root / "sample-report"))
+    report = json.loads((root / "sample-report" / "gate.json").read_text())
+    assert result.full_eval_users == report["full_eval_users"] == 25 and result.num_users == 60
+    assert report["challenger_metrics"]["full_eval_users"] == 25
+    assert "full_hr@10_ci95" in report["challenger_metrics"]
+
+
 def _hand_package(directory, *, user_ids, item_ids, item_scores, popularity):
     """A GMF with one factor: logit(user, item) = item_scores[item] for every known user."""
     import torch

@@ -44,6 +44,7 @@ def root(tmp_path_factory) -> Path:
 def partition(root):
     p = make_partition(num_users=40, num_items=90, per_user=10, num_neg=20, seed=7,
                        uri=str(root / "data" / "dt=2026-11-27"))
+    p.stats["fingerprint"] = "partition-fingerprint-7"  # the partition's content fingerprint (stats.json)
     write_partition(p, p.uri)
     return p
 
@@ -117,6 +118,7 @@ def test_fit_export_load_score_evaluate_gate_and_serve(family, packages, partiti
     uri = packages(family)
     package = load_package(uri)
     assert package.family == family and package.config["family"] == family
+    assert package.config["partition_fingerprint"] == "partition-fingerprint-7"
     scorer = package.scorer
     users = torch.arange(partition.num_users)
 
@@ -204,3 +206,19 @@ def test_fit_on_the_validation_split_is_one_call(family, partition, tmp_path, mo
     result = chosen.fit(data, chosen.settings(config), FitContext(Runtime(torch.device("cpu")), refit=False))
     assert 0.0 <= result.metrics["val_ndcg@10"] <= result.metrics["val_hr@10"] <= 1.0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_closed_form_family_logs_to_mlflow(partition, tmp_path):
+    import mlflow
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run(TrainConfig(partition_uri=partition.uri, output_uri=str(tmp_path / "models" / "ease"),
+                             family="ease", ease_lambda=5.0, tracking_uri=tracking, experiment="families",
+                             progress="off"))
+    client = mlflow.MlflowClient(tracking)
+    logged = client.get_run(result.mlflow_run_id).data
+    assert logged.params["family"] == "ease" and logged.params["ease_lambda"] == "5.0" and "lr" not in logged.params
+    assert logged.metrics["full_ndcg_at_10"] == pytest.approx(result.metrics["full_ndcg@10"])
+    assert logged.metrics["val_ndcg"] == pytest.approx(result.metrics["val_ndcg@10"])
+    assert {a.path for a in client.list_artifacts(result.mlflow_run_id, "package")} >= {
+        "package/weights.safetensors", "package/config.json"}

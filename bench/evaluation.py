@@ -37,6 +37,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.report import publish, table  # noqa: E402
 from ncf import contracts  # noqa: E402
 from ncf.data import Partition  # noqa: E402
 
@@ -154,14 +155,11 @@ def _measure(args, argv: list[str] | None) -> int:
         rows += [("**train-step evaluation + gate (target <= 300 s on 2 cores)**", f"**{total:.1f} s**"),
                  ("peak RSS of this process", f"{peak_rss_gb():.1f} GB")]
 
-    table = "\n".join(["| measurement | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
     header = (f"## Evaluation and gate at scale ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
               f"{process_cores()} cores, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f})")
     report = (f"\n{header}\n\n`{command}`: {args.users:,} users x {args.items:,} items, {args.per_user} training "
-              f"rows per user, NeuMF x{args.members}\n\n{table}\n")
-    print(report)
-    with open(args.results, "a") as out:
-        out.write(report)
+              f"rows per user, NeuMF x{args.members}\n\n{table(rows)}\n")
+    publish(report, args.results)
     return 0
 
 

@@ -44,6 +44,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.report import publish, table  # noqa: E402
 from ncf import contracts, storage, train  # noqa: E402
 from ncf.data import Partition, load_partition  # noqa: E402
 from ncf.models import ModelSpec, build_model  # noqa: E402
@@ -321,13 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     pop_hr, pop_ndcg = popularity_metrics(partition)
     rows.append(("popularity ranking: test HR@10 / NDCG@10", f"{pop_hr:.4f} / {pop_ndcg:.4f}"))
 
-    table = "\n".join(["| measurement | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
     header = (f"## Training, ML-100K ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
               f"{os.cpu_count()} cores, torch {torch.__version__}, {threads} thread{'s' * (threads > 1)})")
-    report = f"\n{header}\n\n`{command}`{'  (quick: smoke check, not the targets)' if args.quick else ''}\n\n{table}\n"
-    print(report)
-    with open(args.results, "a") as results:
-        results.write(report)
+    quick = "  (quick: smoke check, not the targets)" if args.quick else ""
+    publish(f"\n{header}\n\n`{command}`{quick}\n\n{table(rows)}\n", args.results)
     return 0
 
 

@@ -58,7 +58,7 @@ from ncf.models import (
 )
 from ncf.ranking import all_cores, process_cores
 from ncf.sampling import NegativeSampler, history_order
-from ncf.scoring import _ACTIVATION_BUDGET, ItemScorer
+from ncf.scoring import ACTIVATION_BUDGET, ItemScorer
 from ncf.splits import FitData, Interactions
 
 # The seed system's run, reproduced by `--preset seed`.
@@ -319,7 +319,7 @@ def memory_estimate(spec: ModelSpec, settings: NCFSettings, num_rows: int, devic
         "copies": 4 * (params + 2 * 4 * params),
         "activations": 4 * 4 * settings.batch_size * ((sum(layers) if uses_mlp else 0) + 2 * width),
         "training data": 56 * samples,
-        "evaluation": 4 * (spec.num_items * (hidden + settings.ensemble * width) + _ACTIVATION_BUDGET
+        "evaluation": 4 * (spec.num_items * (hidden + settings.ensemble * width) + ACTIVATION_BUDGET
                            + (1 << 24)),
     }
 

@@ -81,7 +81,7 @@ def test_evaluate_returns_both_protocols_and_per_user_arrays(tiny_partition):
 @pytest.mark.parametrize("budget", [None, 500])
 def test_scorer_matches_forward_for_all_and_candidates(tiny_partition, members, budget, monkeypatch):
     if budget is not None:  # a budget below one user's row: score_all works in blocks of items
-        monkeypatch.setattr("ncf.scoring._ACTIVATION_BUDGET", budget)
+        monkeypatch.setattr("ncf.scoring.ACTIVATION_BUDGET", budget)
     for model_type in ("GMF", "MLP", "NeuMF"):
         model = build_model(ModelSpec(model_type, 30, 60, 8, 3, dropout=0.5, members=members)).eval()
         scorer = ItemScorer(model)

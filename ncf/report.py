@@ -179,7 +179,10 @@ def training_history(tracking_uri: str, run_id: str) -> tuple[dict[str, list[tup
 # ---- HTML ------------------------------------------------------------------------------------------------------
 
 def _cell(values: dict[str, float] | None, key: str) -> str:
-    return f"{values[key]:.4f}" if values and key in values else "&ndash;"
+    if not values or key not in values:
+        return "&ndash;"
+    value = values[key]
+    return str(value) if isinstance(value, int) else f"{value:.4f}"  # counts (full_eval_users) as they are
 
 
 def _coverage(name: str, cov: dict[str, int] | None) -> str:

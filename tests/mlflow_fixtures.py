@@ -276,12 +276,14 @@ def reference_ranking(package, user_id: str, exclude_seen: bool = True, candidat
     import numpy as np
     import torch
 
+    from ncf.families.ncf import load_model
+
     user = package.user_ids.index(user_id)
     items = np.arange(len(package.item_ids)) if candidates is None else np.asarray(
         [package.item_ids.index(c) for c in candidates])
     with torch.no_grad():
-        scores = package.model(torch.full((len(items),), user, dtype=torch.long),
-                               torch.as_tensor(items, dtype=torch.long)).double().numpy()
+        scores = load_model(package)(torch.full((len(items),), user, dtype=torch.long),
+                                     torch.as_tensor(items, dtype=torch.long)).double().numpy()
     if exclude_seen:
         keep = ~np.isin(items, package.seen_indices[package.seen_indptr[user]:package.seen_indptr[user + 1]])
         items, scores = items[keep], scores[keep]

@@ -111,8 +111,8 @@ def test_server_postgres_s3_register_gate_load(mlflow_server, moto_server, s3_bu
     assert package_uri.startswith(f"s3://{mlflow_server[1]}/")
     served, wanted, other = load_package(package_uri), load_package(second), load_package(first)
     assert served.metrics == wanted.metrics == {"ndcg@10": 0.64}
-    for key, value in served.model.state_dict().items():
-        assert np.array_equal(value.numpy(), wanted.model.state_dict()[key].numpy())
+    for key, value in served.weights.items():
+        assert np.array_equal(value.numpy(), wanted.weights[key].numpy())
     out = _load_pyfunc(tracking_uri, "models:/ncf-pg@champion").predict(pd.DataFrame({"user_id": ["u3"]}))
     assert not out.loc[0, "fallback"]
     assert_top_k(out.loc[0, "item_ids"], out.loc[0, "scores"], reference_ranking(wanted, "u3"), 10)

@@ -36,7 +36,7 @@ def test_each_decision_is_shown_as_the_gate_made_it(gated_store, capsys, monkeyp
     champion = "4" if v4.promoted else "3"
     assert _row(text, champion)[0].startswith(f"v{champion} [") and "champion" in _row(text, champion)[0]
     assert f"champion v{champion}" in text.splitlines()[0]
-    assert _row(text, "1")[3] == "GMF" and _row(text, "4")[3] == "NeuMF"
+    assert _row(text, "1")[3] == "ncf/GMF" and _row(text, "4")[3] == "ncf/NeuMF"  # family/model type
     assert "local predictor: not deployed" in text
     assert "InferenceService: unreachable" in text
 

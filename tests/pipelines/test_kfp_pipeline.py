@@ -195,13 +195,19 @@ def test_kfp_local_runs_preprocess_with_an_empty_run_date_as_today(tmp_path):
     """The real runner, one step: the partition is today's (UTC). `ncfctl run` passes its dates explicitly."""
     import datetime as dt
 
+    import numpy as np
     from kfp import local
 
     from pipelines.kfp_pipeline import build_pipeline
-    from pipelines.local_run import synthetic_input
 
+    # 60 users x 12 interactions over 150 items: every user and item passes the 5/5 filter, 99 negatives exist.
+    rng = np.random.default_rng(0)
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,ts\n" + "".join(
+        f"u{u},i{i},{1_700_000_000 + 60 * n}\n"
+        for u in range(60) for n, i in enumerate(rng.choice(150, 12, replace=False))))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
     pipeline = build_pipeline(steps=(definition.STEPS[0],))  # after local.init: built for kfp.local
-    pipeline(input_uri=synthetic_input(str(tmp_path), "2026-03-01", 3000, 0), storage_root=str(tmp_path), run_date="")
+    pipeline(input_uri=str(events), storage_root=str(tmp_path), run_date="")
     today = dt.datetime.now(dt.UTC).date().isoformat()
-    assert [p.name for p in (tmp_path / "data").iterdir()] == [f"dt={today}"]
+    assert [p.name for p in (tmp_path / "data").iterdir() if p.name.startswith("dt=")] == [f"dt={today}"]

@@ -6,14 +6,16 @@ exact path, on the same model and partition, and the overlap of their top-10 lis
     .venv/bin/python bench/retrieval.py --package-uri P --partition-uri D   # an existing package and its partition
 
 1. ML-100K through the project's preprocessing (spark/preprocess.py, as bench/train.py builds it) and the train
-   step with the recommended defaults (a 3-model NeuMF ensemble; partial inner product: retrieval with the GMF half).
+   step with bench/train.py's fast configuration (NeuMF, 6 epochs, no pretraining) as a 3-model ensemble, the
+   recommended shape (partial inner product: retrieval with the members' GMF halves); `--ml100k-config defaults`
+   trains the recommended defaults instead (GMF/MLP pretraining per member: ~10x longer).
 2. A synthetic catalogue of ~200k items: `ncfctl generate` + `ncfctl preprocess` (spark/generate.py,
    spark/preprocess.py), then the train step with a short configuration (--synthetic-epochs, default 1, ensemble
    --synthetic-ensemble, default 1) because the recommended defaults take hours on 2 cores at that size.
 For each (candidates, nprobe): the test users (a fixed-seed sample of --users) are answered by the serving code
 (`serving.recommender.Recommender`, exclude-seen on, k=10) on the exact path and on the two-stage path; HR@10 / NDCG@10
 from the position of the held-out item in each top-10 list, the relative HR@10 loss, and the mean overlap of the two
-top-10 lists. The exact path's figures are cross-checked against `ncf.ranking.full_ranks` (the evaluation's own
+top-10 lists; for a "partial" scorer (NeuMF) with and without the index's item-bias column. The exact path's figures are cross-checked against `ncf.ranking.full_ranks` (the evaluation's own
 protocol; ties count against the item there, so it can be a hair lower). Appends the tables to bench/RESULTS.md.
 """
 
@@ -24,7 +26,6 @@ import datetime as dt
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from bench.report import publish, table  # noqa: E402
+from bench.report import publish  # noqa: E402
 
 SHARED = Path(os.environ.get("NCF_SHARED_DIR", REPO.parent / "shared"))
 ML100K = SHARED / "datasets" / "ml-100k" / "u.data"
@@ -113,7 +114,7 @@ def evaluate(name: str, package_uri: str, partition_uri: str, grid: list[tuple[i
     from ncf.evaluate import sample_rows
     from ncf.package import load_package
     from ncf.ranking import full_ranks, hit_ndcg
-    from ncf.retrieval import RetrievalSettings
+    from ncf.retrieval import RetrievalSettings, Retriever
     from serving.recommender import Recommender
 
     torch.set_num_threads(1)  # as the predictor scores (--torch-threads 1)
@@ -139,35 +140,40 @@ def evaluate(name: str, package_uri: str, partition_uri: str, grid: list[tuple[i
         f"Exact path: HR@10 {hr:.4f}, NDCG@10 {ndcg:.4f} ({exact_ms:.2f} ms per user in-process); the evaluation's "
         f"`full_ranks` on the same users: HR@10 {eval_hr:.4f}, NDCG@10 {eval_ndcg:.4f}.",
         "",
-        "| candidates | nprobe / nlist | HR@10 | NDCG@10 | HR@10 loss (rel.) | NDCG@10 loss (rel.) | top-10 overlap "
-        "| ms / user | index build (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| candidates | nprobe / nlist | item bias | HR@10 | NDCG@10 | HR@10 loss (rel.) | NDCG@10 loss (rel.) "
+        "| top-10 overlap | ms / user | index build (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    built: dict[int, object] = {}
-    for candidates, nprobe in grid:
-        settings = RetrievalSettings(mode="ann", candidates=candidates, nprobe=nprobe)
-        started = time.perf_counter()
-        if not built:
-            rec = Recommender(package, retrieval=settings, log=lambda m: None)
-            built[0] = rec.retriever.index
-            build_s = f"{time.perf_counter() - started:.1f}"
-        else:  # the same index (nlist does not change), searched with other settings
-            from ncf.retrieval import Retriever
-
+    biases = (False, True) if package.scorer.inner_product == "partial" else (False,)
+    for bias in biases:
+        index, build_s = None, ""
+        for candidates, nprobe in grid:
+            settings = RetrievalSettings(mode="ann", candidates=candidates, nprobe=nprobe, item_bias=bias)
+            started = time.perf_counter()
             rec = Recommender(package, retrieval=RetrievalSettings(mode="exact"))
-            rec.retriever, rec.retrieval = Retriever(package.scorer, built[0], settings), settings
-            build_s = "(same)"
-        lists, ms = top10(rec, users)
-        a_hr, a_ndcg = metrics(lists, held_out)
-        overlap = float(np.mean([len(set(a[a >= 0]) & set(b[b >= 0])) / 10 for a, b in zip(lists, exact_lists,
-                                                                                               strict=True)]))
-        loss = (hr - a_hr) / hr if hr else 0.0
-        nloss = (ndcg - a_ndcg) / ndcg if ndcg else 0.0
-        nlist = rec.retriever.nlist if rec.retriever.index is not None else "-"
-        lines.append(f"| {candidates} | {nprobe} / {nlist} | {a_hr:.4f} | {a_ndcg:.4f} | {100 * loss:+.1f}% "
-                     f"| {100 * nloss:+.1f}% | {overlap:.3f} | {ms:.2f} | {build_s} |")
-        print(f"[{name}] {candidates} candidates, nprobe {nprobe}: HR@10 {a_hr:.4f} NDCG@10 {a_ndcg:.4f} "
-              f"loss {100 * loss:+.1f}% overlap {overlap:.3f} ({ms:.2f} ms/user)", flush=True)
+            if index is None:
+                rec.retriever = Retriever.for_package(package, settings, log=lambda m: None)
+                if rec.retriever.index is None:  # every item a candidate: nothing to build
+                    build_s = "-"
+                else:
+                    index, build_s = rec.retriever.index, f"{time.perf_counter() - started:.1f}"
+            else:  # the same index (nlist does not change), searched with other settings
+                rec.retriever = Retriever(package.scorer, index, settings)
+                build_s = "(same)"
+            rec.retrieval = settings
+            lists, ms = top10(rec, users)
+            a_hr, a_ndcg = metrics(lists, held_out)
+            overlap = float(np.mean([len(set(a[a >= 0]) & set(b[b >= 0])) / 10
+                                     for a, b in zip(lists, exact_lists, strict=True)]))
+            loss = (hr - a_hr) / hr if hr else 0.0
+            nloss = (ndcg - a_ndcg) / ndcg if ndcg else 0.0
+            nlist = rec.retriever.nlist if rec.retriever.index is not None else "-"
+            lines.append(f"| {candidates} | {nprobe} / {nlist} | {'yes' if rec.retriever.bias else 'no'} "
+                         f"| {a_hr:.4f} | {a_ndcg:.4f} | {100 * loss:+.1f}% | {100 * nloss:+.1f}% | {overlap:.3f} "
+                         f"| {ms:.2f} | {build_s} |")
+            print(f"[{name}] {candidates} candidates, nprobe {nprobe}, item bias {bias}: HR@10 {a_hr:.4f} "
+                  f"NDCG@10 {a_ndcg:.4f} loss {100 * loss:+.1f}% overlap {overlap:.3f} ({ms:.2f} ms/user)",
+                  flush=True)
     lines += ["", f"Target: HR@10 loss <= {100 * TARGET_LOSS:.0f}% (relative) at the serving defaults "
                   f"({RetrievalSettings().candidates} candidates, nprobe {RetrievalSettings().nprobe}).", ""]
     return "\n".join(lines)
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partition-uri", default="")
     parser.add_argument("--users", type=int, default=1000, help="test users per evaluation (fixed-seed sample)")
     parser.add_argument("--skip-ml100k", action="store_true")
+    parser.add_argument("--ml100k-config", default="fast", choices=("fast", "defaults"))
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--synthetic-events", type=int, default=3_000_000)
     parser.add_argument("--synthetic-users", type=int, default=50_000)
@@ -200,11 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not args.skip_ml100k:
             uri = ml100k_partition(data)
-            overrides = {"epochs": 1, "ensemble": 1} if args.quick else {}
-            name = "ml100k-quick" if args.quick else "ml100k-defaults"
+            from bench.train import FAST
+
+            overrides = {"epochs": 1, "ensemble": 1} if args.quick else \
+                {} if args.ml100k_config == "defaults" else {**FAST, "ensemble": 3}
+            name = "ml100k-quick" if args.quick else f"ml100k-{args.ml100k_config}"
             package, seconds = train(uri, data / "models" / name, **overrides)
-            grid = [(100, 8), (1000, 64)] if args.quick else [(c, p) for c in (50, 100, 200, 500, 1000)
-                                                                for p in (8, 32, 64)]
+            grid = [(100, 8), (1000, 64)] if args.quick else [(c, p) for c in (50, 100, 200, 500)
+                                                                for p in (8, 32)]
             trained = f"trained in {seconds:.0f}s" if seconds else "trained by an earlier run"
             reports.append(evaluate("ML-100K", package, uri, grid, args.users,
                                     f"Command: `{command}`; partition: ML-100K through spark/preprocess.py; "
@@ -216,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides = {"epochs": args.synthetic_epochs, "ensemble": args.synthetic_ensemble, "patience": 0,
                          "batch_size": 2048, "lr": 0.004}
             package, seconds = train(uri, data / "models" / "synthetic", **overrides)
-            grid = [(c, p) for c in (200, 500, 1000, 2000) for p in (16, 64, 128)]
+            grid = [(c, p) for c in (200, 500, 1000, 2000) for p in (16, 64)]
             trained = f"trained in {seconds:.0f}s" if seconds else "trained by an earlier run"
             reports.append(evaluate("synthetic ~200k items", package, uri, grid, args.users,
                                     f"Command: `{command}`; partition: `ncfctl generate` ({args.synthetic_events:,} "

@@ -112,7 +112,7 @@ def _write_retrieval_index(directory: Path, model: ExportedModel, config: dict[s
     scorer = families.get(model.family).load(model.weights, config, tables)
     if not settings.two_stage(scorer.num_items, scorer.inner_product) or settings.candidates >= scorer.num_items:
         return
-    index = retrieval.build_index(scorer.item_vectors().numpy(), settings)
+    index = retrieval.build_index(retrieval.retrieval_vectors(scorer, settings), settings)
     retrieval.write_index(index, directory / contracts.PACKAGE_ANN_INDEX)
 
 

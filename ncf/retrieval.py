@@ -57,14 +57,16 @@ class RetrievalSettings:
     nlist: int = 0  # IVF lists; 0: 2 * sqrt(num_items), at most num_items / 8
     nprobe: int = 64  # lists searched per user
     storage: str = "sq8"  # index codes: sq8 (8-bit scalar quantiser) or flat (float32)
-    seed: int = 1234  # of the k-means sample
+    item_bias: bool = True  # "partial" scorers: one more dimension, each item's mean residual score (below)
+    bias_users: int = 16  # users sampled (seeded) to estimate it
+    seed: int = 1234  # of the k-means and user samples
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise UserError(f"retrieval.mode: {self.mode!r}, expected one of {list(MODES)}")
         if self.storage not in STORAGES:
             raise UserError(f"retrieval.storage: {self.storage!r}, expected one of {list(STORAGES)}")
-        for name in ("threshold", "candidates", "nprobe"):
+        for name in ("threshold", "candidates", "nprobe", "bias_users"):
             if getattr(self, name) < 1:
                 raise UserError(f"retrieval.{name}: must be >= 1, got {getattr(self, name)}")
         if self.nlist < 0:
@@ -120,6 +122,37 @@ def package_settings(config: dict[str, Any]) -> RetrievalSettings:
         raise UserError(f"config.json {CONFIG_KEY}: {exc}") from exc
 
 
+def retrieval_vectors(scorer, settings: RetrievalSettings) -> np.ndarray:
+    """The item side of the index: `item_vectors()`, and for a "partial" scorer with `item_bias` one more column,
+    each item's residual (score minus inner product; NeuMF: the MLP tower's term) averaged over `bias_users`
+    sampled users. Queries get a 1 in that column, so retrieval ranks by the GMF product plus the item's typical
+    tower term: the part of the tower that does not depend on the user is no longer invisible to retrieval."""
+    import torch
+
+    items = scorer.item_vectors().float().numpy()
+    if not use_bias(scorer, settings):
+        return items
+    num_users = _num_users(scorer)
+    sample = np.random.default_rng(settings.seed).choice(num_users, min(num_users, settings.bias_users),
+                                                         replace=False)
+    residual = np.zeros(items.shape[0], dtype=np.float64)
+    with torch.no_grad():
+        for user in sample:
+            users = np.asarray([user], dtype=np.int64)
+            scores = scorer.score_all(users)[0].double().numpy()
+            residual += scores - items.astype(np.float64) @ scorer.user_vectors(users)[0].double().numpy()
+    return np.ascontiguousarray(np.c_[items, residual / len(sample)], dtype=np.float32)
+
+
+def use_bias(scorer, settings: RetrievalSettings) -> bool:
+    return settings.item_bias and scorer.inner_product == "partial"
+
+
+def _num_users(scorer) -> int:
+    user_gmf = getattr(scorer, "user_gmf", None)  # ItemScorer: [K, U, f]
+    return int(user_gmf.shape[1]) if user_gmf is not None else int(scorer.user_vectors().shape[0])
+
+
 def _faiss():
     import faiss
 
@@ -155,6 +188,7 @@ def build_index(item_vectors, settings: RetrievalSettings, log=None):
 
 
 def index_matches(index, num_items: int, dim: int, settings: RetrievalSettings) -> bool:
+    """`dim`: of the retrieval vectors (`retrieval_vectors`)."""
     """Whether a (saved) index is the one `settings` would build for these vectors."""
     faiss = _faiss()
     ivf = faiss.extract_index_ivf(index)
@@ -187,6 +221,7 @@ class Retriever:
         self.num_items = scorer.num_items
         self.size = min(settings.candidates, self.num_items)
         self.nlist = _faiss().extract_index_ivf(index).nlist if index is not None else 0
+        self.bias = use_bias(scorer, settings)
 
     @classmethod
     def for_package(cls, package, settings: RetrievalSettings, log=_stderr) -> Retriever | None:
@@ -199,12 +234,12 @@ class Retriever:
             return cls(scorer, None, settings)
         index = getattr(package, "ann_index", None)
         if index is not None:
-            dim = int(index.d)
+            dim = scorer.item_vectors().shape[1] + use_bias(scorer, settings)
             if not index_matches(index, scorer.num_items, dim, settings):
                 log(f"retrieval: the package's index does not match the settings ({settings}); rebuilding it")
                 index = None
         if index is None:
-            index = build_index(scorer.item_vectors().numpy(), settings, log)
+            index = build_index(retrieval_vectors(scorer, settings), settings, log)
         return cls(scorer, index, settings)
 
     def candidates(self, users: np.ndarray, seen: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -223,7 +258,10 @@ class Retriever:
             return out, valid
         extra = max((len(s) for s in seen if s is not None), default=0)
         k = min(c + extra, self.num_items)
-        queries = np.ascontiguousarray(self.scorer.user_vectors(users).numpy(), dtype=np.float32)
+        queries = self.scorer.user_vectors(users).float().numpy()
+        if self.bias:
+            queries = np.c_[queries, np.ones(len(users), dtype=np.float32)]
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         rows, nprobe = np.arange(b), self.settings.nprobe
         while len(rows):
             _, found = self._search(queries[rows], k, nprobe)
@@ -250,5 +288,6 @@ class Retriever:
     def describe(self) -> str:
         if self.index is None:
             return f"two-stage over all {self.num_items:,} items"
+        bias = ", + item bias" if self.bias else ""
         return (f"two-stage: {self.size} candidates from IVF{self.nlist},{self.settings.storage.upper()} "
-                f"(nprobe {self.settings.nprobe}), re-ranked by the full model")
+                f"(nprobe {self.settings.nprobe}{bias}), re-ranked by the full model")

@@ -22,7 +22,7 @@ from ncf.errors import UserError
 from ncf.families.ncf import export
 from ncf.models import ModelSpec, build_model, ensemble_of
 from ncf.package import load_package, package_tables, save_package
-from ncf.retrieval import RetrievalSettings, Retriever, build_index, package_settings
+from ncf.retrieval import RetrievalSettings, Retriever, build_index, package_settings, retrieval_vectors
 from serving.predictor import NCFModel
 from serving.recommender import Recommender
 from tests.conftest import REPO_ROOT
@@ -71,7 +71,7 @@ def test_the_index_is_saved_with_the_package_and_memory_mapped(package):
     logged = []
     rec = Recommender(package, retrieval=package_settings(package.config), log=logged.append)
     assert rec.retriever is not None and rec.retriever.index is package.ann_index and logged == []  # not rebuilt
-    assert "60 candidates from IVF16,SQ8 (nprobe 4)" in rec.path
+    assert "60 candidates from IVF16,SQ8 (nprobe 4, + item bias)" in rec.path
 
 
 def test_two_stage_answers_are_the_full_models_scores_in_exact_order(package):
@@ -152,7 +152,7 @@ def test_a_package_with_an_index_round_trips(package, partition, tmp_path):
     answers = [first.recommend([first.query(u, 15)])[0] for u in queries]
     assert [second.recommend([second.query(u, 15)])[0] for u in queries] == answers
     # The saved index is the one the settings build from the package's vectors (same seeded k-means).
-    rebuilt = Retriever(package.scorer, build_index(package.scorer.item_vectors().numpy(), settings), settings)
+    rebuilt = Retriever(package.scorer, build_index(retrieval_vectors(package.scorer, settings), settings), settings)
     users = np.arange(NUM_USERS)
     seen = [first.seen(u) for u in users]
     np.testing.assert_array_equal(first.retriever.candidates(users, seen)[0], rebuilt.candidates(users, seen)[0])
@@ -254,7 +254,7 @@ def ann_server(package, tmp_path_factory):
 
 def test_two_stage_over_http_keeps_the_response_shapes(package, ann_server):
     url, log = ann_server
-    assert "50 candidates from IVF16,SQ8 (nprobe 8)" in log.read_text()
+    assert "50 candidates from IVF16,SQ8 (nprobe 8, + item bias)" in log.read_text()
     rec = Recommender(package, retrieval=package_settings(package.config).replace(mode="ann", candidates=50,
                                                                                   nprobe=8))
     body = _post(f"{url}/v1/models/ncf:predict", {"instances": [

@@ -108,6 +108,19 @@ def test_exclude_seen_is_applied_before_the_cut(package):
                & set(rec.seen(u).tolist()) for u in range(NUM_USERS))
 
 
+def test_users_whose_probed_lists_hold_too_few_items_are_topped_up(package):
+    """nprobe 1 of 16 lists (~25 items each) cannot hold 100 unseen candidates: those users are searched again
+    over more lists, up to all 16, which is the exhaustive search's answer."""
+    settings = package_settings(package.config)
+    few = Retriever(package.scorer, package.ann_index, settings.replace(candidates=100, nprobe=1))
+    every = Retriever(package.scorer, package.ann_index, settings.replace(candidates=100, nprobe=16))
+    users = np.arange(NUM_USERS)
+    seen = [package.seen_items(u) for u in users]
+    items, valid = few.candidates(users, seen)
+    assert valid.all()
+    np.testing.assert_array_equal(items, every.candidates(users, seen)[0])
+
+
 def test_unknown_users_and_request_candidates_are_answered_as_on_the_exact_path(package):
     ann, ref = Recommender(package), exact(package)
     a, b = ask(ann, "stranger", 7), ask(ref, "stranger", 7)

@@ -102,7 +102,7 @@ def metrics(lists: np.ndarray, held_out: np.ndarray) -> tuple[float, float]:
     hits = lists == held_out[:, None]
     position = np.where(hits.any(axis=1), hits.argmax(axis=1), -1)
     hr = float((position >= 0).mean())
-    ndcg = float(np.where(position >= 0, 1 / np.log2(position + 2), 0.0).mean())
+    ndcg = float(np.where(position >= 0, 1 / np.log2(np.maximum(position, 0) + 2), 0.0).mean())
     return hr, ndcg
 
 
@@ -136,7 +136,7 @@ def evaluate(name: str, package_uri: str, partition_uri: str, grid: list[tuple[i
         f"Model: {package.config.get('model_type', package.family)} (family {package.family}, "
         f"{package.config.get('members', 1)} member(s), inner product `{package.scorer.inner_product}`), "
         f"{len(package.user_ids):,} users x {len(package.item_ids):,} items; {len(users):,} test users (fixed-seed "
-        f"sample); exclude-seen on; one thread.  ",
+        f"sample); exclude-seen on; one thread; load average {os.getloadavg()[0]:.1f} (2 CPUs, shared).  ",
         f"Exact path: HR@10 {hr:.4f}, NDCG@10 {ndcg:.4f} ({exact_ms:.2f} ms per user in-process); the evaluation's "
         f"`full_ranks` on the same users: HR@10 {eval_hr:.4f}, NDCG@10 {eval_ndcg:.4f}.",
         "",
@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_synthetic and not args.quick:
             uri = synthetic_partition(data / "synthetic", args.synthetic_events, args.synthetic_users,
                                       args.synthetic_items)
-            overrides = {"epochs": args.synthetic_epochs, "ensemble": args.synthetic_ensemble, "patience": 0,
-                         "batch_size": 2048, "lr": 0.004}
+            overrides = {"model": "NeuMF", "pretrain": False, "epochs": args.synthetic_epochs,
+                         "ensemble": args.synthetic_ensemble, "patience": 0, "batch_size": 2048, "lr": 0.004}
             package, seconds = train(uri, data / "models" / "synthetic", **overrides)
             grid = [(c, p) for c in (200, 500, 1000, 2000) for p in (16, 64)]
             trained = f"trained in {seconds:.0f}s" if seconds else "trained by an earlier run"

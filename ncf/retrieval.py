@@ -188,8 +188,8 @@ def build_index(item_vectors, settings: RetrievalSettings, log=None):
 
 
 def index_matches(index, num_items: int, dim: int, settings: RetrievalSettings) -> bool:
-    """`dim`: of the retrieval vectors (`retrieval_vectors`)."""
-    """Whether a (saved) index is the one `settings` would build for these vectors."""
+    """Whether a (saved) index is the one `settings` would build for retrieval vectors of width `dim`
+    (`retrieval_vectors`: the item-bias column included)."""
     faiss = _faiss()
     ivf = faiss.extract_index_ivf(index)
     storage = "sq8" if isinstance(faiss.downcast_index(index), faiss.IndexIVFScalarQuantizer) else "flat"

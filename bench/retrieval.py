@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--package-uri", default="", help="evaluate this package (with --partition-uri) only")
     parser.add_argument("--partition-uri", default="")
     parser.add_argument("--users", type=int, default=1000, help="test users per evaluation (fixed-seed sample)")
+    parser.add_argument("--synthetic-users-evaluated", type=int, default=0,
+                        help="test users for the synthetic evaluation (default: --users)")
     parser.add_argument("--skip-ml100k", action="store_true")
     parser.add_argument("--ml100k-config", default="fast", choices=("fast", "defaults"))
     parser.add_argument("--skip-synthetic", action="store_true")
@@ -228,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             package, seconds = train(uri, data / "models" / "synthetic", **overrides)
             grid = [(c, p) for c in (200, 500, 1000, 2000) for p in (16, 64)]
             trained = f"trained in {seconds:.0f}s" if seconds else "trained by an earlier run"
-            reports.append(evaluate("synthetic ~200k items", package, uri, grid, args.users,
+            reports.append(evaluate("synthetic ~200k items", package, uri, grid,
+                                    args.synthetic_users_evaluated or args.users,
                                     f"Command: `{command}`; partition: `ncfctl generate` ({args.synthetic_events:,} "
                                     f"events, {args.synthetic_users:,} users, {args.synthetic_items:,} items) + "
                                     f"`ncfctl preprocess`; package: the train step with {overrides}, a short run "

@@ -184,12 +184,12 @@ def _wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = 1
     raise RuntimeError(f"server not ready after {timeout}s:\n{log.read_text()[-2000:]}")
 
 
-def start(command: list[str], port: int, log: Path) -> subprocess.Popen:
+def start(command: list[str], port: int, log: Path, timeout: float = 120) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     with log.open("w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env,
                                 start_new_session=True)
-    _wait_ready(port, proc, log)
+    _wait_ready(port, proc, log, timeout)
     return proc
 
 
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         load_before = os.getloadavg()[0]
         for name, (cmd, http_port, g_port) in servers.items():
             started = time.perf_counter()
-            proc = start(cmd, http_port, tmp / f"{name.replace(' ', '-')}.log")
+            proc = start(cmd, http_port, tmp / f"{name.replace(' ', '-')}.log", timeout=1200 if args.items else 120)
             loaded_s = time.perf_counter() - started
             after_load = memory_kb(proc.pid)
             try:

@@ -28,6 +28,7 @@ import datetime as dt
 import json
 import os
 import random
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -305,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--package-dir", default="", help="with --items: build the package here once and reuse it "
                                                           "(default: a temporary directory)")
     parser.add_argument("--protocols", default="v1,v2,grpc", help="comma-separated: v1, v2, grpc")
+    parser.add_argument("--two-stage-flags", default="",
+                        help="with --items: more `ncfctl serve` flags for the two-stage server, e.g. "
+                             "'--retrieval-candidates 500 --retrieval-nprobe 16'")
+    parser.add_argument("--skip-exact", action="store_true", help="with --items: measure the two-stage path only")
     parser.add_argument("--exact-requests", type=int, default=30,
                         help="with --items: latency requests for the exact path (each scores every item)")
     args = parser.parse_args(argv)
@@ -333,8 +338,11 @@ def main(argv: list[str] | None = None) -> int:
 
         servers = {}
         common = ["--tracking-uri", args.tracking_uri] if args.tracking_uri else []
-        paths = {"ncf exact": ["--retrieval", "exact"], "ncf two-stage": ["--retrieval", "ann"]} if args.items \
+        paths = {"ncf exact": ["--retrieval", "exact"],
+                 "ncf two-stage": ["--retrieval", "ann", *shlex.split(args.two_stage_flags)]} if args.items \
             else {"ncf": []}
+        if args.skip_exact:
+            paths.pop("ncf exact", None)
         for name, flags in paths.items():
             port, grpc_port = _free_port(), _free_port()
             servers[name] = ([sys.executable, "-m", "serving.server", "--model-uri", model_uri, "--http-port",

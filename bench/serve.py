@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(rows: list[dict], args, load_before: float, argv: list[str], memory: dict | None = None) -> str:
     names = {"v1": "V1 REST", "v2": "V2 REST", "grpc": "gRPC"}
-    command = " ".join(["python bench/serve.py", *argv])
+    command = shlex.join(["python", "bench/serve.py", *argv])
     if args.items:
         model = (f"synthetic {args.users or args.items:,} users x {args.items:,} items, NeuMF factor_num 32, 2 layers, "
                  f"3-model ensemble, structured random weights (no training), written by bench/serve.py "

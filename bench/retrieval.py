@@ -197,13 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-items", type=int, default=220_000)
     parser.add_argument("--synthetic-epochs", type=int, default=1)
     parser.add_argument("--synthetic-ensemble", type=int, default=1)
+    parser.add_argument("--grid", default="", help="with --package-uri: candidates:nprobe pairs, e.g. 1000:64,1000:256")
     parser.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"))
     args = parser.parse_args(argv)
     command = "bench/retrieval.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     data = Path(args.data_dir)
     reports = []
     if args.package_uri:
-        grid = [(c, p) for c in (200, 500, 1000, 2000) for p in (16, 64)]
+        grid = [tuple(int(x) for x in pair.split(":")) for pair in args.grid.split(",")] if args.grid else \
+            [(c, p) for c in (200, 500, 1000, 2000) for p in (16, 64)]
         reports.append(evaluate("package", args.package_uri, args.partition_uri, grid, args.users,
                                 f"Command: `{command}`"))
     else:

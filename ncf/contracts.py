@@ -38,6 +38,9 @@ PACKAGE_POPULARITY = "popularity.npy"
 PACKAGE_METRICS = "metrics.json"
 PACKAGE_FILES = (PACKAGE_WEIGHTS, PACKAGE_CONFIG, PACKAGE_USER_IDS, PACKAGE_ITEM_IDS, PACKAGE_SEEN,
                  PACKAGE_POPULARITY, PACKAGE_METRICS)
+# Optional: the FAISS retrieval index over the item vectors (ncf/retrieval.py), written with the package when its
+# retrieval settings (config.json "retrieval") choose two-stage serving for its catalogue; built at load if absent.
+PACKAGE_ANN_INDEX = "retrieval.faiss"
 # config.json names the model family that wrote the package; packages written before families existed have no
 # `family` key and are NCF packages.
 DEFAULT_FAMILY = "ncf"

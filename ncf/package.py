@@ -6,6 +6,8 @@ Layout (schema version 1, `ncf.contracts`, docs/ARCHITECTURE.md):
   seen.npz             CSR of each user's training items (indptr int64 [num_users + 1], indices int32)
   popularity.npy       float32 [num_items] training interaction counts (cold-start fallback)
   metrics.json         evaluation metrics             _SUCCESS      written last
+  retrieval.faiss      optional: the IVF retrieval index over the item vectors (ncf/retrieval.py), written when the
+                       package's retrieval settings (config.json "retrieval") choose two-stage for its catalogue
 `config.json` names the model `family` (`ncf.families`); a package without one was written before families existed
 and is an NCF package. Loading memory-maps the weights (an s3:// package is downloaded to a temporary directory
 first) and hands them to the family, whose scorer scores bit-identically to the exported model's.
@@ -40,6 +42,7 @@ class ModelPackage:
     popularity: np.ndarray
     metrics: dict[str, Any]
     scorer: Scorer = dataclasses.field(init=False, repr=False)  # the family's, set by `load_package`
+    ann_index: Any = dataclasses.field(default=None, repr=False)  # the saved retrieval index (faiss), if any
     user_index: dict[str, int] = dataclasses.field(init=False, repr=False)
     item_index: dict[str, int] = dataclasses.field(init=False, repr=False)
 
@@ -53,8 +56,13 @@ class ModelPackage:
 
 def write_package(directory: str | Path, model: ExportedModel, *, user_ids, item_ids, seen_indptr: np.ndarray,
                   seen_indices: np.ndarray, popularity: np.ndarray, metrics: dict[str, Any],
-                  hyperparameters: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write the package files (no `_SUCCESS`) into an existing local directory; see `save_package`."""
+                  hyperparameters: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                  retrieval=None) -> Path:
+    """Write the package files (no `_SUCCESS`) into an existing local directory; see `save_package`.
+
+    `retrieval` (an `ncf.retrieval.RetrievalSettings` or its dict) is recorded in config.json as the package's
+    serving settings; when they choose two-stage serving for this catalogue (by default: from 100,000 items, for a
+    family with inner-product vectors) the retrieval index is built and written too."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -72,6 +80,11 @@ def write_package(directory: str | Path, model: ExportedModel, *, user_ids, item
         "torch_version": torch.__version__,
         **(extra or {}),
     }
+    if retrieval is not None:
+        from ncf.retrieval import CONFIG_KEY, RetrievalSettings
+
+        settings = retrieval if isinstance(retrieval, RetrievalSettings) else RetrievalSettings.from_dict(retrieval)
+        config[CONFIG_KEY] = settings.to_dict()
     storage.write_json(directory / contracts.PACKAGE_CONFIG, config)
     storage.write_json(directory / contracts.PACKAGE_USER_IDS, [str(u) for u in user_ids])
     storage.write_json(directory / contracts.PACKAGE_ITEM_IDS, [str(i) for i in item_ids])
@@ -79,7 +92,28 @@ def write_package(directory: str | Path, model: ExportedModel, *, user_ids, item
              indices=np.asarray(seen_indices, dtype=np.int32))
     np.save(directory / contracts.PACKAGE_POPULARITY, np.asarray(popularity, dtype=np.float32))
     storage.write_json(directory / contracts.PACKAGE_METRICS, metrics)
+    _write_retrieval_index(directory, model, config, seen_indptr, seen_indices, popularity)
     return directory
+
+
+def _write_retrieval_index(directory: Path, model: ExportedModel, config: dict[str, Any], seen_indptr, seen_indices,
+                           popularity) -> None:
+    """The retrieval index, when the package's settings choose two-stage serving for its catalogue."""
+    from types import SimpleNamespace
+
+    from ncf import retrieval
+
+    settings = retrieval.package_settings(config)
+    if settings.mode == "exact" or (settings.mode == "auto" and config["num_items"] < settings.threshold):
+        return
+    tables = SimpleNamespace(seen_indptr=np.asarray(seen_indptr, dtype=np.int64),
+                             seen_indices=np.asarray(seen_indices, dtype=np.int32),
+                             popularity=np.asarray(popularity, dtype=np.float32))
+    scorer = families.get(model.family).load(model.weights, config, tables)
+    if not settings.two_stage(scorer.num_items, scorer.inner_product) or settings.candidates >= scorer.num_items:
+        return
+    index = retrieval.build_index(retrieval.retrieval_vectors(scorer, settings), settings)
+    retrieval.write_index(index, directory / contracts.PACKAGE_ANN_INDEX)
 
 
 def save_package(uri: str | Path, model: ExportedModel, **kwargs: Any) -> str:
@@ -125,6 +159,14 @@ def load_package(uri: str | Path) -> ModelPackage:
         indptr, indices = _load_seen(root / contracts.PACKAGE_SEEN, uri)
         popularity = np.load(root / contracts.PACKAGE_POPULARITY)
         metrics = storage.read_json(root / contracts.PACKAGE_METRICS)
+        ann_index = None
+        if (root / contracts.PACKAGE_ANN_INDEX).exists():  # mapped while the (downloaded) file still exists
+            from ncf.retrieval import read_index
+
+            try:
+                ann_index = read_index(root / contracts.PACKAGE_ANN_INDEX)
+            except RuntimeError as exc:  # faiss's error for an unreadable file
+                raise UserError(f"{uri}/{contracts.PACKAGE_ANN_INDEX}: unreadable ({exc})") from exc
     name = config.get("family", contracts.DEFAULT_FAMILY)
     try:
         family = families.get(name)
@@ -135,7 +177,8 @@ def load_package(uri: str | Path) -> ModelPackage:
             or popularity.size != len(item_ids):
         raise UserError(f"{uri}: id maps / {contracts.PACKAGE_SEEN} / {contracts.PACKAGE_POPULARITY} sizes disagree "
                         f"with {contracts.PACKAGE_CONFIG} ({num_users} users, {num_items} items)")
-    package = ModelPackage(uri, name, weights, config, user_ids, item_ids, indptr, indices, popularity, metrics)
+    package = ModelPackage(uri, name, weights, config, user_ids, item_ids, indptr, indices, popularity, metrics,
+                           ann_index=ann_index)
     try:
         package.scorer = family.load(weights, config, package)
     except (ValueError, KeyError, RuntimeError) as exc:

@@ -92,11 +92,13 @@ class ItemScorer(Scorer):
             self.mlp_weight = predict[:, offset:].unsqueeze(2)  # [K, last, 1]
         self.hidden = k * (self.item_first.shape[2] if self.item_first is not None else 1)
 
-    def user_vectors(self) -> torch.Tensor:
+    def user_vectors(self, users=None) -> torch.Tensor:
+        """[num_users, K f], or the rows of the user indices `users` (only those rows are computed)."""
         if self.user_gmf is None:
-            return super().user_vectors()
-        k, num_users, f = self.user_gmf.shape
-        return self.user_gmf.float().transpose(0, 1).reshape(num_users, k * f) * self.gmf_weight
+            return super().user_vectors(users)
+        table = self.user_gmf if users is None else self.user_gmf[:, self._as_index(users).view(-1)]
+        k, num_users, f = table.shape
+        return table.float().transpose(0, 1).reshape(num_users, k * f) * self.gmf_weight
 
     def item_vectors(self) -> torch.Tensor:
         return super().item_vectors() if self.item_gmf is None else self.item_gmf

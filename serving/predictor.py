@@ -36,6 +36,7 @@ from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Counter
 
+from ncf.retrieval import package_settings
 from serving.recommender import DEFAULT_K, MAX_INSTANCES, MAX_K, Recommender, RequestError
 
 MODEL_NAME = "ncf"
@@ -158,13 +159,17 @@ def _check_instance_ids(instances: Any, max_length: int) -> None:
 
 class NCFModel(Model):
     def __init__(self, name: str = MODEL_NAME, source: str = DEFAULT_MODEL_DIR, *, tracking_uri: str | None = None,
-                 max_k: int = MAX_K, max_instances: int = MAX_INSTANCES, max_id_length: int = MAX_ID_LENGTH):
+                 max_k: int = MAX_K, max_instances: int = MAX_INSTANCES, max_id_length: int = MAX_ID_LENGTH,
+                 retrieval: dict[str, Any] | None = None):
+        """`retrieval`: overrides of the package's retrieval settings (`ncf.retrieval.RetrievalSettings` fields;
+        None / "" / 0 keep the package's or the NCF_RETRIEVAL* environment's value)."""
         super().__init__(name)
         self.source = source
         self.tracking_uri = tracking_uri
         self.max_k = max_k
         self.max_instances = max_instances
         self.max_id_length = max_id_length
+        self.retrieval_overrides = dict(retrieval or {})
         self.recommender: Recommender | None = None
         self.version: str | None = None
 
@@ -174,7 +179,9 @@ class NCFModel(Model):
         except Exception:
             LOADS.labels(self.name, "failed").inc()
             raise
-        self.recommender = Recommender(package, max_k=self.max_k, max_instances=self.max_instances)
+        settings = package_settings(package.config).with_environment().replace(**self.retrieval_overrides)
+        self.recommender = Recommender(package, max_k=self.max_k, max_instances=self.max_instances,
+                                       retrieval=settings)
         self.recommender.recommend([self.recommender.query(package.user_ids[0], 1)])  # warm-up: first forward
         self.version = registry_version or str(package.config.get("created_at", "local"))
         LOADS.labels(self.name, "ok").inc()

@@ -3,6 +3,10 @@
 Shared by the KServe predictor (serving/predictor.py) and the MLflow pyfunc wrapper (ncf/registry.py), so a
 registry-loaded model and the live endpoint answer the same query the same way.
 
+Large catalogues are served two-stage (`ncf.retrieval`): FAISS retrieval of candidates over the scorer's
+inner-product vectors, then exact re-ranking of those with `score_candidates`; small ones (and families without
+vectors) score every item. The answer has the same shape either way.
+
 Scores come from the package's scorer (`ncf.families`: NCF logits, EASE / iALS scores, ...; higher is better); for
 unknown users the answer is the most popular items, `fallback=True`, scored by their training interaction counts.
 """
@@ -13,6 +17,8 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+
+from ncf.retrieval import RetrievalSettings, Retriever, package_settings
 
 DEFAULT_K = 10
 MAX_K = 100
@@ -52,7 +58,10 @@ def _is_int(value: Any) -> bool:
 class Recommender:
     """Holds a loaded package and its family's scorer; answers batches of queries."""
 
-    def __init__(self, package, *, max_k: int = MAX_K, max_instances: int = MAX_INSTANCES):
+    def __init__(self, package, *, max_k: int = MAX_K, max_instances: int = MAX_INSTANCES,
+                 retrieval: RetrievalSettings | None = None, log=None):
+        """`retrieval`: the settings to serve with (default: the package's config.json "retrieval", then the
+        NCF_RETRIEVAL* environment variables on top)."""
         self.package = package
         self.scorer = package.scorer
         self.item_ids = np.asarray(package.item_ids, dtype=object)
@@ -65,6 +74,14 @@ class Recommender:
         self.popular_order = np.argsort(-self.popularity, kind="stable")
         self.max_k = min(max_k, self.num_items)
         self.max_instances = max_instances
+        self.retrieval = retrieval or package_settings(package.config).with_environment()
+        kwargs = {} if log is None else {"log": log}
+        self.retriever: Retriever | None = Retriever.for_package(package, self.retrieval, **kwargs)
+
+    @property
+    def path(self) -> str:
+        """How whole-catalogue queries are ranked: "exact" or a description of the two-stage path."""
+        return "exact" if self.retriever is None else self.retriever.describe()
 
     # ---- validation -------------------------------------------------------------------------------------
     def query(self, user_id: Any, k: Any = DEFAULT_K, exclude_seen: Any = True, candidates: Any = None,
@@ -125,6 +142,8 @@ class Recommender:
 
     def recommend(self, queries: list[Query]) -> list[Recommendation]:
         """Known users share one batched forward over all items; unknown users get the popularity ranking."""
+        if self.retriever is not None:
+            return self._recommend_two_stage(queries)
         known = [q.user_idx for q in queries if q.user_idx is not None]
         scores = self.scorer.score_all(np.asarray(known, dtype=np.int64)).cpu().numpy() if known else None
         out, row = [], 0
@@ -139,6 +158,29 @@ class Recommender:
             items = q.candidates if q.candidates is not None else None
             values = user_scores if items is None else user_scores[items]
             out.append(self._top(q, values, items, fallback=False))
+        return out
+
+    def _recommend_two_stage(self, queries: list[Query]) -> list[Recommendation]:
+        """Known users: retrieved candidates (seen items dropped before the cut when excluded) re-ranked by the
+        full model, one batched `score_candidates`; a query with its own candidates scores exactly those."""
+        out: list[Recommendation | None] = [None] * len(queries)
+        whole = [i for i, q in enumerate(queries) if q.user_idx is not None and q.candidates is None]
+        for i, q in enumerate(queries):
+            if q.user_idx is None:
+                out[i] = self._popular(q)
+            elif q.candidates is not None:
+                values = self.scorer.score_candidates(np.asarray([q.user_idx]), q.candidates).cpu().numpy()[0]
+                if q.exclude_seen:
+                    values[np.isin(q.candidates, self.seen(q.user_idx))] = -np.inf
+                out[i] = self._top(q, values, q.candidates, fallback=False)
+        if whole:
+            users = np.asarray([queries[i].user_idx for i in whole], dtype=np.int64)
+            seen = [self.seen(queries[i].user_idx) if queries[i].exclude_seen else None for i in whole]
+            items, valid = self.retriever.candidates(users, seen)
+            scores = self.scorer.score_candidates(users, items).cpu().numpy()
+            scores[~valid] = -np.inf  # unfilled slots never come back
+            for row, i in enumerate(whole):
+                out[i] = self._top(queries[i], scores[row], items[row], fallback=False)
         return out
 
     def _popular(self, q: Query) -> Recommendation:

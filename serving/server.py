@@ -49,6 +49,13 @@ class ServeConfig:
     torch_threads: int = param(1, "intra-op threads for scoring (1 is fastest for one small forward per request)")
     access_log: bool = param(False, "log every request (costs throughput)")
     sagemaker_routes: bool = param(False, "also serve SageMaker's GET /ping and POST /invocations (V1 body)")
+    retrieval: str = param("", "whole-catalogue ranking: auto (two-stage from --retrieval-threshold items), exact, "
+                               "ann (two-stage); default: the package's config.json, else $NCF_RETRIEVAL, else auto")
+    retrieval_threshold: int = param(0, "auto: serve two-stage from this many items (0: the package's / 100000)")
+    retrieval_candidates: int = param(0, "two-stage: items retrieved per user and re-ranked (0: the package's / 1000)")
+    retrieval_nprobe: int = param(0, "two-stage: IVF lists searched per user (0: the package's / 64)")
+    retrieval_nlist: int = param(0, "two-stage: IVF lists of the index (0: the package's / 2 sqrt(items)); a "
+                                    "saved index with another count is rebuilt at load")
 
 
 def resolve_source(model_uri: str) -> str:
@@ -97,10 +104,14 @@ def build_server(config: ServeConfig):
         if name != config.model_name:
             raise UserError(f"unknown model {name!r}; this server serves {config.model_name!r}")
         return NCFModel(name, source, tracking_uri=tracking_uri, max_k=config.max_k,
-                        max_instances=config.max_instances, max_id_length=config.max_id_length)
+                        max_instances=config.max_instances, max_id_length=config.max_id_length,
+                        retrieval={"mode": config.retrieval, "threshold": config.retrieval_threshold,
+                                   "candidates": config.retrieval_candidates, "nprobe": config.retrieval_nprobe,
+                                   "nlist": config.retrieval_nlist})
 
     model = new_model(config.model_name)
     model.load()
+    _faiss_threads(config.torch_threads)
 
     class HostGRPCServer(GRPCServer):
         """KServe's gRPC server, bound to `config.host` instead of every interface."""
@@ -163,6 +174,13 @@ def build_server(config: ServeConfig):
     if not config.access_log:
         logging.getLogger("uvicorn.access").setLevel(quiet)
     return model, server
+
+
+def _faiss_threads(threads: int) -> None:
+    """Retrieval searches one request's users on the scoring thread: as many OpenMP threads as torch's (the index
+    was built at load with all cores)."""
+    if "faiss" in sys.modules:
+        sys.modules["faiss"].omp_set_num_threads(threads)
 
 
 def _bad_requests_are_400() -> None:
@@ -279,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                else {})})
     model, server = build_server(config)
     grpc = f", gRPC {config.host}:{config.grpc_port}" if config.enable_grpc else ""
-    print(f"serving {config.model_name} (version {model.version}, from {model.source}) on "
-          f"http://{config.host}:{config.http_port}{grpc}", flush=True)
+    print(f"serving {config.model_name} (version {model.version}, from {model.source}; "
+          f"{model.recommender.path}) on http://{config.host}:{config.http_port}{grpc}", flush=True)
     server.start([model])
     return 0
 

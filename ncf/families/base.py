@@ -53,8 +53,8 @@ class Scorer(abc.ABC):
     def score_candidates(self, users, items) -> torch.Tensor:
         """Scores of per-user candidates `items` [B, C] (or [C], shared by every user): float32 [B, C]."""
 
-    def user_vectors(self) -> torch.Tensor:
-        """float32 [num_users, d]; see `inner_product`."""
+    def user_vectors(self, users=None) -> torch.Tensor:
+        """float32 [num_users, d] (or [len(users), d]: the rows of the user indices `users`); see `inner_product`."""
         raise NotImplementedError(f"{type(self).__name__}: no inner-product vectors (inner_product is empty)")
 
     def item_vectors(self) -> torch.Tensor:
@@ -92,8 +92,8 @@ class InnerProductScorer(Scorer):
         items = candidate_matrix(users, items, self.device)
         return torch.einsum("bf,bcf->bc", self.users[users].float(), self.items[items].float())
 
-    def user_vectors(self) -> torch.Tensor:
-        return self.users.float()
+    def user_vectors(self, users=None) -> torch.Tensor:
+        return self.users.float() if users is None else self.users[as_index(users, self.device).view(-1)].float()
 
     def item_vectors(self) -> torch.Tensor:
         return self.items.float()

@@ -1,0 +1,293 @@
+"""Two-stage top-K for large catalogues: FAISS retrieval over inner-product vectors, exact re-ranking.
+
+Scoring every item per request is linear in the catalogue (a 1M-item NeuMF ensemble: ~1 s per user on one core).
+Past `threshold` items the predictor instead
+
+1. retrieves `candidates` items per user from an IVF index over the scorer's `item_vectors()`, searched with the
+   user's `user_vectors()` row (inner product; `Scorer.inner_product` "exact" for GMF / iALS, "partial" for NeuMF,
+   whose product is only the GMF branch's share of the logit). With exclude-seen it asks the index for
+   `candidates + len(seen)` items and drops the seen ones, so every user still gets `candidates` unseen items;
+2. re-ranks them with the full model (`Scorer.score_candidates`): the scores in the answer are the family's own.
+
+Families without vectors (NCF MLP, EASE, popularity) always take the exact path. The index is an IVF with
+`nlist` lists (k-means on the item vectors) whose vectors are stored as 8-bit scalar-quantised codes ("sq8", a
+quarter of float32; "flat" keeps float32), searched over `nprobe` lists. It is built when a package is exported
+(`ncf.package.write_package`, when these settings choose two-stage for its catalogue) and saved as
+`contracts.PACKAGE_ANN_INDEX`; a package without it (or with one built with other `nlist` / storage) gets one
+built when it is loaded. A saved index is memory-mapped.
+
+Settings (`RetrievalSettings`): `config.json` "retrieval" (the package's), then the predictor's flags /
+`NCF_RETRIEVAL*` environment variables on top (`ncfctl serve --retrieval ann`), then these defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ncf.errors import UserError
+
+MODES = ("auto", "exact", "ann")
+STORAGES = ("sq8", "flat")
+CONFIG_KEY = "retrieval"  # config.json key of the package's settings
+# Environment overrides (the serving container's way to set them without flags); flags win over these.
+ENV = {"mode": "NCF_RETRIEVAL", "threshold": "NCF_RETRIEVAL_THRESHOLD", "candidates": "NCF_RETRIEVAL_CANDIDATES",
+       "nprobe": "NCF_RETRIEVAL_NPROBE", "nlist": "NCF_RETRIEVAL_NLIST", "storage": "NCF_RETRIEVAL_STORAGE"}
+# k-means trains on a seeded sample of at most this many item vectors per list, for this many iterations: building
+# the index costs ~ nlist^2 * points * iterations, which is what bounds nlist (measured: docs/serving.md).
+TRAIN_POINTS_PER_LIST = 40
+KMEANS_ITERATIONS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalSettings:
+    """How the predictor ranks a whole catalogue. `mode`: auto (two-stage from `threshold` items on, when the
+    family has inner-product vectors), exact (score every item), ann (two-stage whatever the size)."""
+
+    mode: str = "auto"
+    threshold: int = 100_000
+    candidates: int = 1000  # items retrieved per user, then re-ranked by the full model
+    nlist: int = 0  # IVF lists; 0: 2 * sqrt(num_items), at most num_items / 8
+    nprobe: int = 64  # lists searched per user
+    storage: str = "sq8"  # index codes: sq8 (8-bit scalar quantiser) or flat (float32)
+    item_bias: bool = True  # "partial" scorers: one more dimension, each item's mean residual score (below)
+    bias_users: int = 16  # users sampled (seeded) to estimate it
+    seed: int = 1234  # of the k-means and user samples
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UserError(f"retrieval.mode: {self.mode!r}, expected one of {list(MODES)}")
+        if self.storage not in STORAGES:
+            raise UserError(f"retrieval.storage: {self.storage!r}, expected one of {list(STORAGES)}")
+        for name in ("threshold", "candidates", "nprobe", "bias_users"):
+            if getattr(self, name) < 1:
+                raise UserError(f"retrieval.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.nlist < 0:
+            raise UserError(f"retrieval.nlist: must be >= 0 (0: automatic), got {self.nlist}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> RetrievalSettings:
+        values = dict(values or {})
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise UserError(f"retrieval: unknown setting(s) {unknown}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides: Any) -> RetrievalSettings:
+        """These settings with the given overrides; None / "" / 0 leave a setting as it is."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v not in (None, "", 0)})
+
+    def with_environment(self, environ: dict[str, str] | None = None) -> RetrievalSettings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, var in ENV.items():
+            text = environ.get(var, "").strip()
+            if not text:
+                continue
+            kind = type(getattr(self, name))
+            try:
+                values[name] = kind(text)
+            except ValueError as exc:
+                raise UserError(f"{var}: {text!r} is not a valid {name} ({kind.__name__})") from exc
+        return self.replace(**values)
+
+    def two_stage(self, num_items: int, inner_product: str) -> bool:
+        """Whether a catalogue of `num_items` items scored by a scorer with this `inner_product` is served
+        two-stage (never without vectors)."""
+        if not inner_product or self.mode == "exact":
+            return False
+        return self.mode == "ann" or num_items >= self.threshold
+
+    def lists(self, num_items: int) -> int:
+        """The IVF list count for a catalogue: `nlist`, or 2 * sqrt(num_items) (>= 1, at most num_items / 8)."""
+        wanted = self.nlist or int(round(2 * math.sqrt(num_items)))
+        return max(1, min(wanted, num_items // 8 or 1))
+
+
+def package_settings(config: dict[str, Any]) -> RetrievalSettings:
+    """The settings a package's config.json records (defaults for a package without them)."""
+    try:
+        return RetrievalSettings.from_dict(config.get(CONFIG_KEY))
+    except TypeError as exc:
+        raise UserError(f"config.json {CONFIG_KEY}: {exc}") from exc
+
+
+def retrieval_vectors(scorer, settings: RetrievalSettings) -> np.ndarray:
+    """The item side of the index: `item_vectors()`, and for a "partial" scorer with `item_bias` one more column,
+    each item's residual (score minus inner product; NeuMF: the MLP tower's term) averaged over `bias_users`
+    sampled users. Queries get a 1 in that column, so retrieval ranks by the GMF product plus the item's typical
+    tower term: the part of the tower that does not depend on the user is no longer invisible to retrieval."""
+    import torch
+
+    items = scorer.item_vectors().float().numpy()
+    if not use_bias(scorer, settings):
+        return items
+    num_users = _num_users(scorer)
+    sample = np.random.default_rng(settings.seed).choice(num_users, min(num_users, settings.bias_users),
+                                                         replace=False)
+    residual = np.zeros(items.shape[0], dtype=np.float64)
+    with torch.no_grad():
+        for user in sample:
+            users = np.asarray([user], dtype=np.int64)
+            scores = scorer.score_all(users)[0].double().numpy()
+            residual += scores - items.astype(np.float64) @ scorer.user_vectors(users)[0].double().numpy()
+    return np.ascontiguousarray(np.c_[items, residual / len(sample)], dtype=np.float32)
+
+
+def use_bias(scorer, settings: RetrievalSettings) -> bool:
+    return settings.item_bias and scorer.inner_product == "partial"
+
+
+def _num_users(scorer) -> int:
+    user_gmf = getattr(scorer, "user_gmf", None)  # ItemScorer: [K, U, f]
+    return int(user_gmf.shape[1]) if user_gmf is not None else int(scorer.user_vectors().shape[0])
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def build_index(item_vectors, settings: RetrievalSettings, log=None):
+    """An IVF inner-product index over `item_vectors` [N, d] (float32); ids are the item indices."""
+    faiss = _faiss()
+    started = time.perf_counter()
+    vectors = np.ascontiguousarray(np.asarray(item_vectors, dtype=np.float32))
+    n, d = vectors.shape
+    nlist = settings.lists(n)
+    quantizer = faiss.IndexFlatIP(d)
+    if settings.storage == "sq8":
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                              faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.own_fields = True
+    quantizer.this.disown()  # the index owns (and frees) its quantizer
+    sample = min(n, nlist * TRAIN_POINTS_PER_LIST)
+    rows = np.sort(np.random.default_rng(settings.seed).choice(n, sample, replace=False)) if sample < n else None
+    index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
+    index.cp.seed = settings.seed
+    index.cp.niter = KMEANS_ITERATIONS
+    index.train(vectors if rows is None else vectors[rows])
+    index.add(vectors)
+    if log is not None:
+        log(f"retrieval: IVF{nlist},{settings.storage.upper()} index over {n:,} items x {d} built in "
+            f"{time.perf_counter() - started:.1f}s")
+    return index
+
+
+def index_matches(index, num_items: int, dim: int, settings: RetrievalSettings) -> bool:
+    """Whether a (saved) index is the one `settings` would build for retrieval vectors of width `dim`
+    (`retrieval_vectors`: the item-bias column included)."""
+    faiss = _faiss()
+    ivf = faiss.extract_index_ivf(index)
+    storage = "sq8" if isinstance(faiss.downcast_index(index), faiss.IndexIVFScalarQuantizer) else "flat"
+    return (index.ntotal == num_items and index.d == dim and ivf.nlist == settings.lists(num_items)
+            and storage == settings.storage and index.metric_type == faiss.METRIC_INNER_PRODUCT)
+
+
+def write_index(index, path: str | Path) -> None:
+    _faiss().write_index(index, str(path))
+
+
+def read_index(path: str | Path):
+    """A saved index, its inverted lists memory-mapped from the file (paged in as searched)."""
+    faiss = _faiss()
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Retriever:
+    """Candidates for users from the index; `candidates(users, seen)` -> (items int64 [B, C], valid bool [B, C])."""
+
+    def __init__(self, scorer, index, settings: RetrievalSettings):
+        self.scorer = scorer
+        self.index = index
+        self.settings = settings
+        self.num_items = scorer.num_items
+        self.size = min(settings.candidates, self.num_items)
+        self.nlist = _faiss().extract_index_ivf(index).nlist if index is not None else 0
+        self.bias = use_bias(scorer, settings)
+
+    @classmethod
+    def for_package(cls, package, settings: RetrievalSettings, log=_stderr) -> Retriever | None:
+        """The package's retriever under `settings`, or None when it is served exact. Uses the package's saved
+        index when it matches the settings, else builds one."""
+        scorer = package.scorer
+        if not settings.two_stage(scorer.num_items, scorer.inner_product):
+            return None
+        if settings.candidates >= scorer.num_items:  # every item is a candidate: no index needed
+            return cls(scorer, None, settings)
+        index = getattr(package, "ann_index", None)
+        if index is not None:
+            dim = scorer.item_vectors().shape[1] + use_bias(scorer, settings)
+            if not index_matches(index, scorer.num_items, dim, settings):
+                log(f"retrieval: the package's index does not match the settings ({settings}); rebuilding it")
+                index = None
+        if index is None:
+            index = build_index(retrieval_vectors(scorer, settings), settings, log)
+        return cls(scorer, index, settings)
+
+    def candidates(self, users: np.ndarray, seen: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+        """For each user index in `users`: up to C = min(candidates, num_items) item indices (retrieval order,
+        best first), none of them in that user's `seen` array (None: nothing excluded); `valid` marks the filled
+        slots (fewer than C only when the catalogue holds fewer unseen items). A user whose `nprobe` lists hold fewer
+        than C unseen items is searched again over 4x as many lists, up to all of them."""
+        b, c = len(users), self.size
+        out = np.zeros((b, c), dtype=np.int64)
+        valid = np.zeros((b, c), dtype=bool)
+        if self.index is None:  # the whole catalogue
+            for row, excluded in enumerate(seen):
+                items = np.arange(self.num_items) if excluded is None or not len(excluded) \
+                    else np.setdiff1d(np.arange(self.num_items), excluded, assume_unique=True)
+                out[row, :len(items)], valid[row, :len(items)] = items, True
+            return out, valid
+        extra = max((len(s) for s in seen if s is not None), default=0)
+        k = min(c + extra, self.num_items)
+        queries = self.scorer.user_vectors(users).float().numpy()
+        if self.bias:
+            queries = np.c_[queries, np.ones(len(users), dtype=np.float32)]
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        rows, nprobe = np.arange(b), self.settings.nprobe
+        while len(rows):
+            _, found = self._search(queries[rows], k, nprobe)
+            short = []
+            for row, items in zip(rows, found, strict=True):
+                items = items[items >= 0]
+                excluded = seen[row]
+                if excluded is not None and len(excluded):
+                    items = items[~np.isin(items, excluded)]
+                items = items[:c]
+                out[row, :len(items)], valid[row, :len(items)] = items, True
+                if len(items) < c:
+                    short.append(row)
+            # Top up: the probed lists held fewer than C unseen items; search more lists (at most all of them).
+            if nprobe >= self.nlist:
+                break
+            rows, nprobe = np.asarray(short, dtype=np.int64), min(self.nlist, 4 * nprobe)
+        return out, valid
+
+    def _search(self, queries: np.ndarray, k: int, nprobe: int):
+        faiss = _faiss()
+        return self.index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+
+    def describe(self) -> str:
+        if self.index is None:
+            return f"two-stage over all {self.num_items:,} items"
+        bias = ", + item bias" if self.bias else ""
+        return (f"two-stage: {self.size} candidates from IVF{self.nlist},{self.settings.storage.upper()} "
+                f"(nprobe {self.settings.nprobe}{bias}), re-ranked by the full model")

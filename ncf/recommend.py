@@ -15,8 +15,14 @@ How it runs, memory bounded whatever the number of users: users are scored in ch
 ~16M scores at once, i.e. 64 MB of float32, the seen items masked to -inf, `torch.topk`), each chunk becomes one
 Parquet part; on every core (`ncf.ranking.all_cores`), on CUDA when available (`device`).
 
+Cost: exact scoring is num_users x num_items scores of the family (NeuMF: the MLP tower for every pair); for
+families with inner-product vectors `candidates` C > 0 first retrieves the C best items per user by
+`user_vectors() . item_vectors()` (one matmul, seen items masked) and re-ranks only those with `score_candidates`:
+the same top-K for `inner_product == "exact"` families (GMF, iALS), an approximation for NeuMF ("partial": recall
+against the exact ranking is measured by bench/recommend.py). Families without vectors always score exactly.
+
 Resume: the parts go to a staging directory next to the output, keyed by the output and a fingerprint of the model
-(sha256 of the package files) and the settings that shape the parts (K, exclude_seen, chunk_users):
+(sha256 of the package files) and the settings that shape the parts (K, exclude_seen, chunk_users, candidates):
 `<root>/recommendations/_staging/dt=YYYY-MM-DD-<fingerprint>/` (contracts.recommendations_staging_uri). Each part
 is written atomically (temp + rename locally, one PUT on S3), so a run killed at any point leaves only whole parts;
 the next run with the same model and settings skips them and computes the rest. When every part of the output is
@@ -71,6 +77,10 @@ class RecommendConfig:
     recommend_k: int = param(10, "items recommended per user by the nightly batch (top-K, seen items excluded)",
                              pipeline=True)
     exclude_seen: bool = param(True, "leave out each user's training items (the package's seen CSR)")
+    candidates: int = param(0, "0: exact, every item scored (score_all). C > 0, for families with inner-product "
+                               "vectors: the C best items by user_vectors . item_vectors, re-ranked with "
+                               "score_candidates: exact when inner_product is 'exact' (GMF, iALS; C >= K), an "
+                               "approximation for 'partial' (NeuMF); families without vectors stay exact")
     chunk_users: int = param(20_000, "users per Parquet part: the unit of streaming, resume and sharding")
     num_shards: int = param(1, "split the users into this many shards (one run / pod each)")
     shard_index: int = param(0, "which shard this run computes (0 .. num_shards - 1)")
@@ -183,28 +193,57 @@ def share(chunks: list[tuple[int, int]], config: RecommendConfig, num_users: int
     return chunks[config.shard_index * n // config.num_shards:(config.shard_index + 1) * n // config.num_shards]
 
 
-def top_k_table(scorer, package, lo: int, hi: int, k: int, exclude_seen: bool, user_ids, item_ids, progress=None):
+class Retrieval:
+    """Candidates by inner product (`Scorer.user_vectors() @ item_vectors().T`), re-ranked by `score_candidates`.
+
+    The user vectors are materialised once ([num_users, d] float32: 384 MB for 1M users of a NeuMF x3 package)."""
+
+    def __init__(self, scorer, candidates: int):
+        self.users = scorer.user_vectors().float()
+        self.items_t = scorer.item_vectors().float().t().contiguous()
+        self.candidates = min(candidates, scorer.num_items)
+
+    def scores(self, users: torch.Tensor) -> torch.Tensor:
+        return self.users[users] @ self.items_t
+
+
+def _mask_seen(scores: torch.Tensor, package, b_lo: int, b_hi: int) -> None:
+    """-inf for the seen items of users b_lo..b_hi-1 (contiguous: their seen items are one slice of the CSR)."""
+    indptr, indices = package.seen_indptr, package.seen_indices
+    rows = np.repeat(np.arange(b_hi - b_lo), np.diff(indptr[b_lo:b_hi + 1]))
+    cols = indices[indptr[b_lo]:indptr[b_hi]].astype(np.int64)
+    scores[torch.as_tensor(rows, device=scores.device), torch.as_tensor(cols, device=scores.device)] = float("-inf")
+
+
+def top_k_table(scorer, package, lo: int, hi: int, k: int, exclude_seen: bool, user_ids, item_ids, progress=None,
+                retrieval: Retrieval | None = None):
     """The recommendations of users lo..hi-1 as an Arrow table (the output's schema)."""
     import pyarrow as pa
 
     num_items = scorer.num_items
     k_eff = min(k, num_items)
     batch = max(1, SCORES_PER_BATCH // max(1, num_items))
-    indptr, indices = package.seen_indptr, package.seen_indices
     values_out, items_out = [], []
     for b_lo in range(lo, hi, batch):
         b_hi = min(b_lo + batch, hi)
         users = torch.arange(b_lo, b_hi, device=scorer.device)
-        scores = torch.nan_to_num(scorer.score_all(users).float(), nan=float("-inf"))
-        if exclude_seen:
-            # The users are contiguous, so their seen items are one slice of the CSR.
-            rows = np.repeat(np.arange(b_hi - b_lo), np.diff(indptr[b_lo:b_hi + 1]))
-            cols = indices[indptr[b_lo]:indptr[b_hi]].astype(np.int64)
-            scores[torch.as_tensor(rows, device=scores.device), torch.as_tensor(cols, device=scores.device)] = \
-                float("-inf")
-        top = torch.topk(scores, k_eff, dim=1)
-        values_out.append(top.values.cpu().numpy())
-        items_out.append(top.indices.cpu().numpy())
+        if retrieval is None:
+            scores = torch.nan_to_num(scorer.score_all(users).float(), nan=float("-inf"))
+            if exclude_seen:
+                _mask_seen(scores, package, b_lo, b_hi)
+            top = torch.topk(scores, k_eff, dim=1)
+            values, items = top.values, top.indices
+        else:
+            product = torch.nan_to_num(retrieval.scores(users), nan=float("-inf"))
+            if exclude_seen:
+                _mask_seen(product, package, b_lo, b_hi)
+            found = torch.topk(product, max(k_eff, retrieval.candidates), dim=1)
+            scores = torch.nan_to_num(scorer.score_candidates(users, found.indices).float(), nan=float("-inf"))
+            scores[found.values == float("-inf")] = float("-inf")  # seen items stay out
+            top = torch.topk(scores, k_eff, dim=1)
+            values, items = top.values, found.indices.gather(1, top.indices)
+        values_out.append(values.cpu().numpy())
+        items_out.append(items.cpu().numpy())
         if progress is not None:
             progress.update(b_hi - b_lo)
     values = np.concatenate(values_out) if values_out else np.empty((0, k_eff), np.float32)
@@ -285,7 +324,10 @@ def run(config: RecommendConfig) -> RecommendResult:
 
     started = time.perf_counter()
     output = _validate(config)
-    settings = {"k": config.recommend_k, "exclude_seen": config.exclude_seen, "chunk_users": config.chunk_users}
+    if config.candidates < 0:
+        raise UserError(f"candidates: must be >= 0, got {config.candidates}")
+    settings = {"k": config.recommend_k, "exclude_seen": config.exclude_seen, "chunk_users": config.chunk_users,
+                "candidates": config.candidates}
     with _local_package(config) as found:
         if found is None:
             return RecommendResult(output, False, 0, 0, 0, 0, 0, "", "", time.perf_counter() - started,
@@ -318,6 +360,7 @@ def run(config: RecommendConfig) -> RecommendResult:
 
         device = _device(config.device)
         scorer = _scorer_on(package, device)
+        retrieval = Retrieval(scorer, config.candidates) if config.candidates and scorer.inner_product else None
         user_ids = pa.array(package.user_ids, pa.string())
         item_ids = pa.array(package.item_ids, pa.string())
         # disable=None: a bar only when stderr is a terminal (pipeline logs get the result line only).
@@ -325,13 +368,14 @@ def run(config: RecommendConfig) -> RecommendResult:
                                             desc="recommend", disable=None, file=sys.stderr) as bar:
             for lo, hi in todo:
                 table = top_k_table(scorer, package, lo, hi, config.recommend_k, config.exclude_seen, user_ids,
-                                    item_ids, bar)
+                                    item_ids, bar, retrieval)
                 storage.write_bytes(storage.join(staging, part_name(lo, hi)), _parquet_bytes(table))
                 rows += table.num_rows
     published = _publish_if_complete(output, staging, chunks, fingerprint, {
         "schema_version": contracts.RECOMMENDATIONS_SCHEMA_VERSION, "model": label,
         "model_name": config.model_name, "family": package.family, "fingerprint": fingerprint,
         "recommend_k": config.recommend_k, "exclude_seen": config.exclude_seen, "chunk_users": config.chunk_users,
+        "candidates": config.candidates if config.candidates and package.scorer.inner_product else 0,
         "num_users": num_users, "num_items": len(package.item_ids),
         "parts": [part_name(*c) for c in chunks], "columns": list(contracts.RECOMMENDATIONS_COLUMNS),
     })

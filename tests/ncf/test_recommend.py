@@ -97,6 +97,24 @@ def test_seen_items_are_never_recommended_and_short_users_get_fewer_rows(tmp_pat
         assert [r for r, _, _ in got[user]] == list(range(1, len(got[user]) + 1))
 
 
+def test_candidate_retrieval_is_exact_for_exact_inner_products_and_with_every_item(tmp_path, package_uri):
+    gmf = _package(tmp_path / "models" / "gmf", model="GMF")
+    run(_config(gmf, tmp_path / "gmf", recommend_k=5, candidates=5, chunk_users=16))  # GMF: the product is the logit
+    _assert_same(_read(tmp_path / "gmf"), _brute_force(gmf, 5))
+    # NeuMF ("partial"): with every item a candidate the re-rank is the exact ranking
+    run(_config(package_uri, tmp_path / "all", recommend_k=5, candidates=50, chunk_users=16))
+    _assert_same(_read(tmp_path / "all"), _brute_force(package_uri, 5))
+    # fewer candidates: an approximation, still K unseen items per user, and the manifest says how it was made
+    result = run(_config(package_uri, tmp_path / "few", recommend_k=5, candidates=8, chunk_users=16))
+    got, package = _read(tmp_path / "few"), load_package(package_uri)
+    for u, user in enumerate(package.user_ids):
+        assert len(got[user]) == 5 and not {package.item_ids[i] for i in package.seen_items(u)} & {
+            i for _, i, _ in got[user]}
+    assert storage.read_json(tmp_path / "few" / contracts.RECOMMENDATIONS_MANIFEST)["candidates"] == 8
+    exact = run(_config(package_uri, tmp_path / "few-exact", recommend_k=5, chunk_users=16))
+    assert result.fingerprint != exact.fingerprint  # different settings never resume each other's parts
+
+
 def test_storage_root_and_run_date_give_the_contract_path(tmp_path, package_uri):
     result = run(RecommendConfig(model_uri=package_uri, storage_root=str(tmp_path), run_date="2026-03-02",
                                  device="cpu"))

@@ -108,8 +108,9 @@ def _measure(args, tmp: Path) -> list[tuple[str, str]]:
     mode = "exact (score_all)" if not args.candidates else f"{args.candidates} inner-product candidates, re-ranked"
     rows.append((f"step wall time, {users:,} users, {mode} (process start, package load, scoring, Parquet, "
                  f"publish)", f"{seconds:.1f} s ({cpu:.1f} CPU s)"))
-    rows.append(("throughput", f"{users / seconds:,.0f} users/s, {users * args.items / seconds / 1e6:,.1f}M "
-                               f"scored pairs/s"))
+    pairs = users * (args.candidates or args.items)
+    rows.append(("throughput", f"{users / seconds:,.1f} users/s; {pairs / seconds / 1e6:,.3f}M (user, item) pairs "
+                               f"through the family's scorer per s, {pairs / max(cpu, 1e-9) / 1e6:,.3f}M per CPU s"))
     if args.slice_users and users < args.users:
         rows.append((f"**extrapolated to all {args.users:,} users** (linear in users; startup counted once per "
                      f"slice, so an upper bound)", f"**{seconds * args.users / users / 60:.1f} min**"))

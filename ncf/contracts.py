@@ -7,6 +7,8 @@ Storage layout under a storage root (local path or s3://):
   <root>/models/<run>/               model packages (the train step writes, ncf/package.py reads)
   <root>/models/<run>.checkpoint/    the train step's per-epoch checkpoints
   <root>/reports/gate/<name>-v<n>/   gate reports (gate.json, gate.html)
+  <root>/recommendations/dt=YYYY-MM-DD/            nightly top-K of every user (ncf/recommend.py)
+  <root>/recommendations/_staging/dt=...-<fp>/     its resumable parts while it runs (removed when published)
 Metric names: `hr@K`, `ndcg@K` (sampled protocol), `full_hr@K`, `full_ndcg@K` (full ranking), `val_` in front for
 the validation split, `<full metric>_ci95` for the half-width of a full-ranking metric's 95% confidence interval,
 `full_eval_users` for the number of test users the full ranking scored.
@@ -50,6 +52,14 @@ DEFAULT_FAMILY = "ncf"
 GATE_REPORT_JSON = "gate.json"
 GATE_REPORT_HTML = "gate.html"
 
+# ---- recommendations (schema version 1) ------------------------------------------------------------------------
+
+RECOMMENDATIONS_SCHEMA_VERSION = 1
+# Parquet parts, one per chunk of users: user_id string, rank int32 (1-based), item_id string, score float32.
+RECOMMENDATIONS_COLUMNS = ("user_id", "rank", "item_id", "score")
+# Starts with "_": Parquet readers (pyarrow, Spark) skip it when reading the directory as a dataset.
+RECOMMENDATIONS_MANIFEST = "_manifest.json"
+
 # ---- paths -----------------------------------------------------------------------------------------------------
 
 
@@ -71,6 +81,18 @@ def model_uri(root: str | os.PathLike, run_name: str) -> str:
 def checkpoint_uri(output_uri: str | os.PathLike) -> str:
     """`<package>.checkpoint`: the train step's checkpoints for the package it is writing."""
     return storage.join(output_uri).rstrip("/") + ".checkpoint"
+
+
+def recommendations_uri(root: str | os.PathLike, run_date: str) -> str:
+    """`<root>/recommendations/dt=YYYY-MM-DD`: a run date's top-K for every user (the recommend step)."""
+    return storage.join(root, "recommendations", f"dt={run_date}")
+
+
+def recommendations_staging_uri(output_uri: str | os.PathLike, fingerprint: str) -> str:
+    """`<parent>/_staging/<name>-<fingerprint[:16]>`: where the recommend step keeps the parts of `output_uri`
+    while it runs (stable across restarts of the same model and settings: the resume point)."""
+    parent, _, name = storage.join(output_uri).rstrip("/").rpartition("/")
+    return storage.join(parent or ".", "_staging", f"{name}-{fingerprint[:16]}")
 
 
 def storage_root_of_model(package_uri: str | os.PathLike) -> str:

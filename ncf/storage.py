@@ -167,6 +167,16 @@ def list_dir(uri: str | os.PathLike) -> list[str]:
     return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
 
 
+def remove_tree(uri: str | os.PathLike) -> None:
+    """Delete a directory / every object under a prefix (nothing when absent)."""
+    if is_s3(uri):
+        bucket, key = split_s3(str(uri))
+        for k in _list_keys(bucket, key.rstrip("/") + "/"):
+            s3_client().delete_object(Bucket=bucket, Key=k)
+        return
+    shutil.rmtree(uri, ignore_errors=True)
+
+
 def download(uri: str, dest: str | os.PathLike) -> Path:
     """Copy an S3 object or prefix to a local path; returns the local path."""
     bucket, key = split_s3(uri)

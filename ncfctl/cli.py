@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gate": ("ncf.gate", "register a model in MLflow and run the champion/challenger gate"),
     "serve": ("serving.server", "serve a model package or registry alias on 127.0.0.1 (KServe)"),
     "deploy": ("serving.deploy", "deploy the champion: local predictor or KServe InferenceService"),
+    "recommend": ("ncf.recommend", "nightly batch: the champion's top-K for every user -> recommendations/dt=..."),
     "run": ("pipelines.local_run", "run the whole pipeline locally (kfp.local)"),
     "status": ("ncf.status", "every model version: gate decisions, lineage, champion, what serves it"),
     "compile": ("pipelines.compile", "compile the pipeline: KFP IR YAML and SageMaker definition JSON"),

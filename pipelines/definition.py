@@ -20,7 +20,8 @@ from typing import Any
 from ncf.config import field_types, pipeline_fields
 
 PIPELINE_NAME = "ncf-recommender"
-DESCRIPTION = "Neural Collaborative Filtering: preprocess -> train -> evaluate+gate -> deploy the champion"
+DESCRIPTION = ("Neural Collaborative Filtering: preprocess -> train -> evaluate+gate -> deploy the champion; "
+               "nightly top-K of the champion for every user")
 
 
 class AdapterError(Exception):
@@ -58,6 +59,9 @@ STEPS: tuple[Step, ...] = (
     Step("train", "ncf.train:TrainConfig", ("preprocess",), "train NCF on the partition -> model package"),
     Step("gate", "ncf.gate:GateConfig", ("train",), "register, score challenger vs champion, move alias"),
     Step("deploy", "serving.deploy:DeployConfig", ("gate",), "serve the champion"),
+    # Not guarded by the gate: the champion (new or kept) recommends every night; with no champion yet it skips.
+    Step("recommend", "ncf.recommend:RecommendConfig", ("gate",),
+         "the champion's top-K for every user -> recommendations/dt=YYYY-MM-DD"),
 )
 
 GATE = Gate(step="gate", output="promoted", equals=True, guarded=("deploy",))

@@ -26,6 +26,7 @@ from kfp import compiler, dsl, kubernetes
 from components.deploy import deploy
 from components.gate import gate
 from components.preprocess import preprocess
+from components.recommend import recommend
 from components.train import train
 from pipelines import definition, images
 from pipelines.definition import GATE, STEPS, AdapterError, Step
@@ -55,8 +56,10 @@ class KubernetesSettings:
         ("train", 6 * 3600),
         ("gate", 3600),
         ("deploy", 1200),
+        ("recommend", 2 * 3600),
     )
-    caching: bool = True  # preprocess and train only: gate and deploy change the registry / serving
+    caching: bool = True  # preprocess and train only: gate and deploy change the registry / serving, recommend
+    # reads the champion
     # Argo fails the whole run after this: bounds a task that never starts (a train pod no node can take stays
     # Pending, and a pod's activeDeadlineSeconds only counts once it runs). 0: no deadline.
     run_deadline_s: int = 12 * 3600
@@ -103,6 +106,11 @@ def _build_deploy(step, params, tasks):
     return deploy(**_inputs(step, params))
 
 
+def _build_recommend(step, params, tasks):
+    # After the gate (ordered by `Step.after`), whatever it decided; the partition gives the storage root and date.
+    return recommend(partition=tasks["preprocess"].outputs["partition"], **_inputs(step, params))
+
+
 # How this backend builds each declared step. A step declared in definition.STEPS but missing here makes
 # `build_pipeline` fail with a message naming this adapter.
 BUILDERS: dict[str, Builder] = {
@@ -110,11 +118,13 @@ BUILDERS: dict[str, Builder] = {
     "train": _build_train,
     "gate": _build_gate,
     "deploy": _build_deploy,
+    "recommend": _build_recommend,
 }
 
 
-# Side-effecting steps: a cache hit would skip registering a version or rolling out the champion.
-NEVER_CACHED = frozenset({"gate", "deploy"})
+# Side-effecting steps: a cache hit would skip registering a version or rolling out the champion; recommend reads
+# the champion, which the gate may just have moved (its inputs alone do not say which model it would use).
+NEVER_CACHED = frozenset({"gate", "deploy", "recommend"})
 # A retried gate could register the same model twice (deploy is idempotent: retrying it is safe).
 NEVER_RETRIED = frozenset({"gate"})
 

@@ -4,6 +4,7 @@
     ncfctl run --run-date 2026-03-02           # one more date: the gate decides against the existing champion
     ncfctl run --input ml-100k/u.data          # a MovieLens file (or any log preprocess reads) instead
     ncfctl run --param epochs=5 --param lr=0.002
+    ncfctl run --param recommend_k=20          # the nightly top-K: <storage root>/recommendations/dt=<run date>
     ncfctl run --port 8090                     # the local predictor on another port (runs can overlap)
     ncfctl run --verbose                       # stream every step's output, as kfp.local prints it
 
@@ -150,6 +151,12 @@ def step_summary(task: str, outputs: dict[str, Any]) -> str:
         return f"v{report.get('version', '?')} {verdict}: {report.get('reason', '')}"
     if task == "deploy":
         return f"serving at {outputs.get('parameterValues', {}).get('Output', '?')}"
+    if task == "recommend":
+        m = _artifact_metadata(outputs, "recommendations")
+        if m.get("skipped"):
+            return f"skipped: {m['skipped']}"
+        return (f"{int(m.get('users', 0)):,} users x top-{int(m.get('recommend_k', 0))} from {m.get('model', '?')} "
+                f"-> {display_path(m['output_uri']) if m.get('output_uri') else '(not published)'}")
     return ""
 
 
@@ -340,7 +347,8 @@ def _print_outcome(console: Console, summaries: list[RunSummary], values: dict[s
     storage_flag = "" if display_path(root) == DEFAULT_ROOT else f" --storage-root {shlex.quote(display_path(root))}"
     lines += [f"status:     .venv/bin/ncfctl status{storage_flag}   (every version, gate decisions, what serves)",
               f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {tracking_uri}   (then http://127.0.0.1:5000)",
-              f"storage:    {display_path(root)}   (data/dt=*, models/*, reports/gate/*, logs/, kfp/)"]
+              f"storage:    {display_path(root)}   (data/dt=*, models/*, reports/gate/*, recommendations/dt=*, "
+              f"logs/, kfp/)"]
     for line in lines:
         console.line(line)
 

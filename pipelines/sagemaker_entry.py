@@ -9,6 +9,8 @@
       package to /opt/ml/model so SageMaker's model artifact is the package
   python -m pipelines.sagemaker_entry gate --evaluation-dir DIR <GateConfig flags>
       runs the gate, writes DIR/evaluation.json {"promoted", "reason", ...} (read by a PropertyFile)
+  python -m pipelines.sagemaker_entry recommend <RecommendConfig flags>
+      the champion's top-K for every user -> <storage root>/recommendations/dt=<run date> (ncf/recommend.py)
 """
 
 from __future__ import annotations
@@ -93,7 +95,16 @@ def gate(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"preprocess": preprocess, "train": train, "gate": gate}
+def recommend(argv: list[str]) -> int:
+    from ncf.recommend import RecommendConfig, run, summary_line
+
+    parser = argparse.ArgumentParser(prog="sagemaker_entry recommend")
+    add_arguments(parser, RecommendConfig)
+    print(summary_line(run(from_namespace(RecommendConfig, parser.parse_args(argv)))))
+    return 0
+
+
+COMMANDS = {"preprocess": preprocess, "train": train, "gate": gate, "recommend": recommend}
 
 
 @exit_on_user_error

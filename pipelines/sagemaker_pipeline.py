@@ -9,6 +9,8 @@
   deploy     -> (if promoted) register into the model package group, create the model, endpoint config and
                 endpoint; a kept champion ends the execution as Succeeded (the gate's reason is in
                 evaluation.json and MLflow)
+  recommend  -> ProcessingStep (pipeline image, `python -m pipelines.sagemaker_entry recommend ...`) after the gate,
+                whatever it decided: the champion's top-K for every user under <storage_root>/recommendations/
 
 What a real account needs, checked when the definition is built (AdapterError naming the setting):
 - images from ECR (`SageMakerSettings.image_registry`; SageMaker pulls nothing else for processing jobs), the
@@ -354,6 +356,21 @@ def _build_deploy(ctx: _Context, step: Step) -> list:
     return [register, model, config, endpoint]
 
 
+def _build_recommend(ctx: _Context, step: Step) -> list:
+    from sagemaker.mlops.workflow import ProcessingStep
+
+    # The output goes to <storage_root>/recommendations/dt=<run date> through ncf.storage (resumable, atomic), not
+    # through a processing output. DependsOn gate (from the declaration): after the gate whatever it decided.
+    arguments = _flags(ctx, step) + [
+        "--storage-root", ctx.params["storage_root"],
+        "--run-date", _from_preprocess(ctx, "run_date"),
+        "--skip-without-champion", "true",
+    ]
+    step_args = _processor(ctx, "recommend").run(arguments=arguments)
+    # Retried: a retry resumes from the parts the failed job wrote. Not cached: it reads the champion, which moves.
+    return [ProcessingStep(name="recommend", step_args=step_args, retry_policies=_retry_policies(ctx, job=True))]
+
+
 # (context, declared step) -> the SageMaker steps that implement it; the last one stands for the step
 Builder = Callable[[_Context, Step], list]
 
@@ -363,6 +380,7 @@ BUILDERS: dict[str, Builder] = {
     "train": _build_train,
     "gate": _build_gate,
     "deploy": _build_deploy,
+    "recommend": _build_recommend,
 }
 
 

@@ -7,16 +7,18 @@ import pytest
 from components.deploy import deploy
 from components.gate import gate
 from components.preprocess import preprocess
+from components.recommend import recommend
 from components.train import train
 from pipelines import definition, images, kfp_pipeline
 
-COMPONENTS = {"preprocess": preprocess, "train": train, "gate": gate, "deploy": deploy}
+COMPONENTS = {"preprocess": preprocess, "train": train, "gate": gate, "deploy": deploy, "recommend": recommend}
 # Inputs the pipeline wires (artifacts, the run id, the run's scheduled time), not user-facing parameters.
 WIRING = {
     "preprocess": {"scheduled_time"},  # the run's scheduled time (KFP placeholder): the default run date
     "train": {"partition", "pipeline_run_id"},
     "gate": {"partition", "package", "pipeline_run_id"},
     "deploy": set(),
+    "recommend": {"partition"},  # its storage root and run date
 }
 
 
@@ -55,3 +57,4 @@ def test_artifact_types_for_the_kfp_ui():
     assert train.component_spec.outputs["package"].type == "system.Model@0.0.1"
     assert train.component_spec.outputs["metrics"].type == "system.Metrics@0.0.1"
     assert deploy.component_spec.outputs["Output"].type == "String"
+    assert recommend.component_spec.outputs["recommendations"].type == "system.Dataset@0.0.1"

@@ -67,8 +67,9 @@ def test_a_field_declared_differently_by_two_steps_is_an_error_naming_both():
 
 
 def test_dependency_order_and_edges():
-    assert definition.dependency_order() == ["preprocess", "train", "gate", "deploy"]
-    assert definition.edges() == {("preprocess", "train"), ("train", "gate"), ("gate", "deploy")}
+    assert definition.dependency_order() == ["preprocess", "train", "gate", "deploy", "recommend"]
+    assert definition.edges() == {("preprocess", "train"), ("train", "gate"), ("gate", "deploy"),
+                                  ("gate", "recommend")}
     with pytest.raises(AdapterError, match="runs after undeclared step 'missing'"):
         definition.dependency_order((Step("a", "x:Y", ("missing",)),))
 
@@ -76,6 +77,7 @@ def test_dependency_order_and_edges():
 def test_the_gate_guards_deploy_on_the_gate_steps_promoted_output():
     assert definition.GATE.step == "gate" and definition.GATE.output == "promoted"
     assert definition.GATE.equals is True and definition.GATE.guarded == ("deploy",)
+    assert "recommend" not in definition.GATE.guarded  # the champion (new or kept) recommends every night
     from ncf.gate import GateResult
 
     assert "promoted" in {f.name for f in dataclasses.fields(GateResult)}
@@ -83,4 +85,4 @@ def test_the_gate_guards_deploy_on_the_gate_steps_promoted_output():
 
 def test_check_adapter_names_the_adapter_and_the_missing_steps():
     with pytest.raises(AdapterError, match=r"the kfp adapter does not implement declared step\(s\) \['deploy'\]"):
-        definition.check_adapter("kfp", {"preprocess": 1, "train": 1, "gate": 1})
+        definition.check_adapter("kfp", {"preprocess": 1, "train": 1, "gate": 1, "recommend": 1})

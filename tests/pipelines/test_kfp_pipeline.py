@@ -48,6 +48,9 @@ def test_deploy_runs_only_when_the_gate_returns_true(kfp_ir):
     assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--gate-Output'] == true"
     assert condition["dependentTasks"] == ["gate"]
     assert list(spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]) == ["deploy"]
+    # recommend is not guarded: after the gate whatever it decided (the champion, new or kept, recommends)
+    assert set(root_tasks["recommend"]["dependentTasks"]) == {"gate", "preprocess"}
+    assert "triggerPolicy" not in root_tasks["recommend"]
     assert spec["components"]["comp-gate"]["outputDefinitions"]["parameters"]["Output"]["parameterType"] == "BOOLEAN"
 
 
@@ -65,6 +68,9 @@ def test_retries_timeouts_and_caching(kfp_ir):
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert executors["exec-train"]["activeDeadlineSeconds"] == str(6 * 3600)
     assert executors["exec-deploy"]["activeDeadlineSeconds"] == str(1200)
+    # recommend reads the champion the gate may just have moved: never cached; resumable: retried
+    assert tasks["recommend"]["cachingOptions"] == {} and tasks["recommend"]["retryPolicy"]["maxRetryCount"] == 2
+    assert executors["exec-recommend"]["activeDeadlineSeconds"] == str(2 * 3600)
 
 
 def test_gpu_toleration_and_credentials_in_the_platform_spec(kfp_ir):

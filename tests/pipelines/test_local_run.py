@@ -19,6 +19,17 @@ def test_predict_url():
     assert local_run.predict_url("http://h/v1/models/x:predict", "ncf") == "http://h/v1/models/x:predict"
 
 
+def test_the_recommend_steps_line_shows_users_and_the_output(tmp_path):
+    out = tmp_path / "recommendations" / "dt=2026-03-02"
+    outputs = {"artifacts": {"recommendations": {"artifacts": [{"metadata": {
+        "output_uri": str(out), "users": 12345, "rows": 123450, "model": "models:/ncf/2", "recommend_k": 10,
+        "skipped": ""}}]}}}
+    assert local_run.step_summary("recommend", outputs) == (
+        f"12,345 users x top-10 from models:/ncf/2 -> {step_logs.display_path(out)}")
+    skipped = {"artifacts": {"recommendations": {"artifacts": [{"metadata": {"skipped": "no champion yet"}}]}}}
+    assert local_run.step_summary("recommend", skipped) == "skipped: no champion yet"
+
+
 def test_bad_run_date_missing_input_and_bad_port_are_user_errors(tmp_path, capsys):
     assert local_run.main(["--storage-root", str(tmp_path), "--run-date", "2026-13-01"]) == 2
     assert "--run-date '2026-13-01': expected YYYY-MM-DD" in capsys.readouterr().err
@@ -104,7 +115,12 @@ def test_two_dates_train_gate_deploy_and_serve_a_recommendation(tmp_path, capsys
         assert (root / "data" / f"dt={date}" / "_SUCCESS").exists()
         (log_dir,) = (root / "logs").glob(f"{date}-*")
         assert {p.name for p in log_dir.iterdir()} >= {"generate.log", "kfp.log", "preprocess.log", "train.log",
-                                                       "gate.log"}
+                                                       "gate.log", "recommend.log"}
+        # the champion's nightly top-K, every night whatever the gate decided
+        recommendations = root / "recommendations" / f"dt={date}"
+        assert (recommendations / "_SUCCESS").exists() and list(recommendations.glob("part-*.parquet"))
+        assert re.search(rf"^  recommend\s+done in \d+s: [\d,]+ users x top-10 from models:/ncf/\d+ -> "
+                         rf"\S*recommendations/dt={date}", out, re.M), out
         assert "HR=" in (log_dir / "train.log").read_text() and "Executing task" in (log_dir / "kfp.log").read_text()
         assert f"{log_dir}/train.log" in out  # its path is printed
 

@@ -19,8 +19,9 @@ from .conftest import OVERRIDES
 def test_kfp_and_sagemaker_compile_to_the_same_pipeline(kfp_ir, sagemaker_definition):
     assert parity.check(kfp_ir, sagemaker_definition, overrides=OVERRIDES) == []
     kfp, sm = parity.kfp_shape(kfp_ir), parity.sagemaker_shape(sagemaker_definition)
-    assert kfp.order == sm.order == ("preprocess", "train", "gate", "deploy")
-    assert kfp.edges == sm.edges == {("preprocess", "train"), ("train", "gate"), ("gate", "deploy")}
+    assert kfp.order == sm.order == ("preprocess", "train", "gate", "deploy", "recommend")
+    assert kfp.edges == sm.edges == {("preprocess", "train"), ("train", "gate"), ("gate", "deploy"),
+                                     ("gate", "recommend")}
     assert kfp.gate == sm.gate == ("gate", "promoted", True, ("deploy",))
     assert kfp.parameters == sm.parameters
     assert kfp.parameters["storage_root"] == ("str", OVERRIDES["storage_root"])
@@ -63,7 +64,7 @@ def test_parity_names_the_backend_that_lacks_a_declared_step(tmp_path, sagemaker
     assert "SageMaker: step 'explain' is declared but missing (teach the SageMaker adapter)" in problems
     assert "SageMaker: parameter 'explain_top_n' is declared but missing" in problems
     assert not [p for p in problems if p.startswith("KFP")], problems
-    assert parity.kfp_shape(kfp_ir).order == ("preprocess", "train", "explain", "gate", "deploy")
+    assert parity.kfp_shape(kfp_ir).order == ("preprocess", "train", "explain", "gate", "deploy", "recommend")
 
 
 # --- drift inside a compiled output --------------------------------------------------------------------------

@@ -46,3 +46,14 @@ def test_preprocess_defaults_the_run_date_to_the_executions_day(monkeypatch, tmp
                                  "--scheduled-time", "2026-11-27T02:00:00Z"]) == 0
     assert [c.run_date for c in seen] == ["2026-11-27", "2026-01-01"]
     assert json.loads((tmp_path / sagemaker_entry.PARTITION_FILE).read_text())["run_date"] == "2026-01-01"
+
+
+def test_recommend_runs_the_step_with_its_flags(tmp_path, capsys):
+    from ncf import contracts, storage
+    from tests.ncf.test_recommend import _package
+
+    package = _package(tmp_path / "models" / "run-1")
+    assert sagemaker_entry.main(["recommend", "--model-uri", package, "--storage-root", str(tmp_path),
+                                 "--run-date", "2026-03-02", "--recommend-k", "3", "--device", "cpu"]) == 0
+    assert storage.is_complete(contracts.recommendations_uri(tmp_path, "2026-03-02"))
+    assert "recommend: 37 users from" in capsys.readouterr().out

@@ -51,10 +51,27 @@ def test_steps_map_onto_sagemaker_step_types(sagemaker_definition):
     assert {n: s["Type"] for n, s in steps.items()} == {
         "preprocess": "Processing", "train": "Training", "gate": "Processing", "gate-promoted": "Condition",
         "deploy-register": "RegisterModel", "deploy-model": "Model", "deploy-endpoint-config": "EndpointConfig",
-        "deploy": "Endpoint",
+        "deploy": "Endpoint", "recommend": "Processing",
     }
     entry = steps["preprocess"]["Arguments"]["AppSpecification"]["ContainerEntrypoint"]
     assert entry == ["python", "-m", "pipelines.sagemaker_entry", "preprocess"]
+
+
+def test_recommend_runs_after_the_gate_whatever_it_decided(sagemaker_definition):
+    steps = _steps(sagemaker_definition)
+    recommend = sagemaker_definition["Steps"][[s["Name"] for s in sagemaker_definition["Steps"]].index("recommend")]
+    assert recommend is steps["recommend"] or recommend == steps["recommend"]  # top level: not in the condition
+    assert recommend["DependsOn"] == ["gate"]
+    arguments = recommend["Arguments"]
+    assert arguments["AppSpecification"]["ContainerEntrypoint"] == [
+        "python", "-m", "pipelines.sagemaker_entry", "recommend"]
+    args = arguments["AppSpecification"]["ContainerArguments"]
+    pairs = dict(zip(args[::2], args[1::2], strict=True))
+    assert pairs["--storage-root"] == {"Get": "Parameters.storage_root"}
+    assert pairs["--run-date"]["Std:JsonGet"]["Path"] == "run_date"
+    assert pairs["--skip-without-champion"] == "true"
+    assert {"--recommend-k", "--tracking-uri", "--model-name"} <= set(pairs)
+    assert recommend.get("RetryPolicies") and not recommend.get("CacheConfig", {}).get("Enabled")
 
 
 def test_training_step_metric_definitions_channels_and_hyperparameters(sagemaker_definition):

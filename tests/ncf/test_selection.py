@@ -62,10 +62,10 @@ def with_other_test_split(partition: Partition, seed: int) -> Partition:
                                test_negatives=np.asarray(negatives, dtype=np.int32))
 
 
-def _select(partition: Partition, candidates: str, **config):
+def _select(partition: Partition, candidates: str, memory_budget: int = 0, **config):
     values = {"partition_uri": "unused", "output_uri": "unused", "progress": "off", **SMALL_NCF, **config}
     train_config = TrainConfig(**values)
-    context = FitContext(Runtime(torch.device("cpu")), seed=train_config.seed, top_k=10)
+    context = FitContext(Runtime(torch.device("cpu")), seed=train_config.seed, top_k=10, memory_budget=memory_budget)
     data = fit_data(partition, validation=True, seed=train_config.seed)
     return selection.select(data, selection.parse_candidates(candidates, train_config.model), train_config, context,
                             {"ncf": train_config.tune_trials_ncf, "*": train_config.tune_trials})
@@ -205,3 +205,16 @@ def test_a_chosen_ncf_continues_from_its_trial_and_equals_a_plain_run(tmp_path, 
         assert selected.metrics[key] == plain.metrics[key], key
     # stdout (the dashboards' metric lines) carries the exported model's lines only, as in the plain run
     assert selected_out == plain_out
+
+
+def test_a_candidate_that_cannot_fit_drops_out_and_the_others_compete(capsys):
+    """EASE over the memory budget (its N x N matrices) is skipped with the reason; popularity (no estimate) wins."""
+    picked = _select(clustered_partition(), "ease,popularity", memory_budget=4096, tune_trials=2)
+    summary = picked.summary()
+    assert summary["chosen"] == "popularity"
+    ease = summary["candidates"]["ease"]
+    assert ease["trials"] == 2 and "settings" not in ease and len(ease["failed"]) == 2
+    assert "over the memory budget" in ease["failed"][0]
+    assert "[select] ease: every trial failed" in capsys.readouterr().err
+    with pytest.raises(UserError, match="candidates: every candidate failed to fit: ease: trial 0"):
+        _select(clustered_partition(), "ease", memory_budget=4096, tune_trials=1)

@@ -86,11 +86,19 @@ def _row(label: str, summary: dict | None, result: TrainResult, seconds: float, 
             f"{m[contracts.ci_name(full)]:.4f}) | {seconds:.0f} |")
 
 
-def dataset_report(name: str, partition_uri: str, out: Path, extra: dict) -> str:
+def dataset_report(name: str, partition_uri: str, out: Path, extra: dict, selected_uri: str = "") -> str:
     from ncf.data import load_partition
+    from ncf.package import load_package
 
     stats = load_partition(partition_uri).stats
-    selected, selected_s = _train(partition_uri, out, f"{name}-selected", **extra)
+    if selected_uri:  # a package the train step already wrote with these settings on this partition
+        package = load_package(selected_uri)
+        if package.config.get("partition_uri") != partition_uri or "candidates" not in package.metrics:
+            raise SystemExit(f"error: --selected {name}={selected_uri}: not a model selection package of "
+                             f"{partition_uri}")
+        selected, selected_s = TrainResult(selected_uri, package.metrics), float(package.metrics["train_seconds"])
+    else:
+        selected, selected_s = _train(partition_uri, out, f"{name}-selected", **extra)
     summary = selected.metrics["candidates"]
     chosen = summary["chosen"]
     defaults = TrainConfig(partition_uri="", output_uri="")
@@ -118,7 +126,8 @@ def dataset_report(name: str, partition_uri: str, out: Path, extra: dict) -> str
     candidates = extra.get("candidates", defaults.candidates)
     header = (f"### {name}: {stats.get('num_users', '?'):,} users x {stats.get('num_items', '?'):,} items, "
               f"{stats.get('num_train', '?'):,} training rows; candidates {candidates}, chosen **{chosen}**; the "
-              f"whole train step {selected_s:.0f} s (selection {selected.metrics['selection_seconds']:.0f} s)")
+              f"whole train step {selected_s:.0f} s (selection {selected.metrics['selection_seconds']:.0f} s)"
+              + (f"; the selected model is {selected_uri}, written by the train step earlier" if selected_uri else ""))
     table = ["| model | validation NDCG@10 / HR@10 (selection) | test HR@10 / NDCG@10 (sampled) | "
              "full-ranking HR@10 | seconds (trials + fit) |", "|---|---|---|---|---|", *rows]
     return "\n".join([header, "", *table])
@@ -134,11 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-events", type=int, default=60_000)
     parser.add_argument("--synthetic-topics", type=int, default=8)
     parser.add_argument("--candidates", default=None, help="override the default candidates")
+    parser.add_argument("--selected", action="append", default=[], metavar="DATASET=URI",
+                        help="reuse a package the train step wrote with the same settings on that dataset's partition "
+                             "instead of running the selection again")
     parser.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"))
     args = parser.parse_args(argv)
     command = "bench/quality.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     data_dir = Path(args.data_dir)
     extra = {} if args.candidates is None else {"candidates": args.candidates}
+    reused = dict(item.split("=", 1) for item in args.selected)
     reports = []
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
@@ -149,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                                           args.synthetic_events, args.synthetic_topics)
             else:
                 raise SystemExit(f"error: --datasets: unknown dataset {name!r} (ml-100k, synthetic)")
-            reports.append(dataset_report(name, uri, Path(tmp), extra))
+            reports.append(dataset_report(name, uri, Path(tmp), extra, reused.get(name, "")))
             print(reports[-1], flush=True)
     header = (f"## Model selection quality ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
               f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end)")

@@ -751,10 +751,9 @@ class _Logger:
 
             def log(values: dict[str, float], step: int) -> None:
                 mlflow.log_metrics(values, step=step)
-                if "val_ndcg_at_10" in values or any(k.startswith("val_ndcg_at_") for k in values):
-                    # Optuna's MLflow convention: the objective as `value` (the gate report reads it)
-                    mlflow.log_metric("value", next(v for k, v in values.items() if k.startswith("val_ndcg_at_")),
-                                      step=0)
+                objective = [v for k, v in values.items() if k.startswith("val_ndcg_at_")]
+                if objective:  # Optuna's MLflow convention: the objective as `value` (the gate report reads it)
+                    mlflow.log_metric("value", objective[0], step=0)
 
             try:
                 yield log

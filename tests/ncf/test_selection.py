@@ -155,7 +155,7 @@ def test_trials_are_mlflow_child_runs(tmp_path):
     assert json.loads(artifact.read_text()) == json.loads(json.dumps(summary))
 
 
-def test_bad_candidates_name_the_field_and_the_allowed_names():
+def test_bad_candidates_name_the_field_and_the_allowed_names(monkeypatch):
     config = dict(partition_uri="never-read", output_uri="unused")
     with pytest.raises(UserError, match=r"candidates: unknown candidate 'lightgcn'; allowed: ncf, ease, ials, "
                                         r"popularity, GMF, MLP, NeuMF"):
@@ -169,6 +169,9 @@ def test_bad_candidates_name_the_field_and_the_allowed_names():
     with pytest.raises(UserError, match="tune_trials"):
         run(TrainConfig(**config, tune_trials=0))
     assert [c.name for c in selection.parse_candidates("gmf, EASE", "NeuMF")] == ["GMF", "ease"]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun
+    with pytest.raises(UserError, match="candidates: model selection runs in one process, not under torchrun"):
+        run(TrainConfig(**config))
 
 
 def test_the_default_candidates_train_ncf(tmp_path):

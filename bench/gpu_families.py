@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         for family, settings in SETTINGS.items():
             started = time.perf_counter()
             result = run(TrainConfig(partition_uri=uri, output_uri=str(Path(tmp) / "models" / family), family=family,
-                                     device=args.device, progress="off", **settings))
+                                     candidates="", device=args.device, progress="off", **settings))
             seconds = time.perf_counter() - started
             package = load_package(result.model_uri)
             again = evaluate(package.scorer, partition, 10, full_ranking=False)

@@ -206,8 +206,9 @@ def train_run(partition_uri: str, out_dir: Path, name: str, **overrides) -> tupl
 
     train._after_epoch, previous = record, train._after_epoch
     try:
+        # One NCF model per run (what this benchmark measures), not model selection: candidates "" unless given.
         config = train.TrainConfig(partition_uri=partition_uri, output_uri=str(out_dir / name), progress="off",
-                                   **overrides)
+                                   **{"candidates": "", **overrides})
         result = train.run(config)
     finally:
         train._after_epoch = previous

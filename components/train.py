@@ -1,4 +1,5 @@
-"""KFP component: train NCF on a partition -> model package + MLflow run (wraps ncf/train.py)."""
+"""KFP component: train on a partition (model selection among the candidates) -> model package + MLflow run (wraps
+ncf/train.py)."""
 
 # No `from __future__ import annotations`: KFP reads the annotations as types.
 from kfp import dsl
@@ -20,6 +21,9 @@ def train(
     num_layers: int,
     model: str,
     tracking_uri: str,
+    candidates: str,
+    tune_trials: int,
+    tune_trials_ncf: int,
     pipeline_run_id: str,
     package: Output[Model],
     metrics: Output[Metrics],
@@ -43,6 +47,8 @@ def train(
     for name, value in result.metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics.log_metric(name, value)
-    package.metadata.update({"model_uri": result.model_uri, "model_type": model, **user_facing})
+    chosen = result.metrics.get("candidates", {}).get("chosen", "")  # model selection's winner, when it ran
+    package.metadata.update({"model_uri": result.model_uri, "model_type": model, **user_facing,
+                             "family": result.metrics.get("family", ""), "chosen_candidate": chosen})
     with open(package.path, "w") as out:
         json.dump({"model_uri": result.model_uri, "metrics": result.metrics}, out, indent=2, default=str)

@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     types_by_name = field_types(cls)
     for f in dataclasses.fields(cls):
         tp = types_by_name[f.name]
-        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", "")}
+        # argparse formats help with %: a literal one ("80% of the memory") must be doubled
+        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", "").replace("%", "%%")}
         if f.default is not dataclasses.MISSING:
             kwargs["default"] = f.default
             kwargs["help"] += f" (default: {f.default!r})"

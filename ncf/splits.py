@@ -2,8 +2,9 @@
 
 The validation split is carved from the training rows exactly as the test split was made (`leave_last_out`: each
 user's latest training interaction, users with 2+ of them), ranked among sampled negatives the user never
-interacted with (training, validation or test items), so every family is selected on the same rows and never on
-the test set.
+interacted with in the training rows (training or validation items), so every family is selected on the same rows
+and never on the test set: nothing in the validation split depends on the test rows (replacing them changes no
+choice; tests/ncf/test_selection.py).
 """
 
 from __future__ import annotations
@@ -65,21 +66,24 @@ class FitData:
     `train`: the rows to fit on (the validation rows removed when there is a validation split);
     `validation`: the split that every choice (epochs, early stopping, settings) is made on, or None;
     `all_train`: every training row of the partition (what a refit trains on; `train` when there is no validation);
-    `test`: the partition's test rows, for REPORTING only (the seed's per-epoch metric line) -- never a decision.
+    `test`: the partition's test rows, for REPORTING only (the seed's per-epoch metric line) -- never a decision;
+    None in model selection's tuning trials (`ncf.selection`), which never see them.
     """
 
     train: Interactions
     validation: HeldOut | None
     all_train: Interactions
-    test: HeldOut
+    test: HeldOut | None
     partition_uri: str
 
 
 def fit_data(partition, *, validation: bool, seed: int) -> FitData:
     """The partition's training rows, with the validation split carved out when `validation`.
 
-    Validation negatives avoid everything known about the user (train, validation and test items), like the test
-    negatives do; their own generator (`seed + 1`) keeps them independent of any training stream.
+    Validation negatives avoid every training item of the user (validation item included) and are as many as the
+    test rows have (the evaluation protocol); they do not look at the test rows, so the test split cannot steer a
+    choice made on validation (the user's test item may rarely be drawn as a validation negative: the same for every
+    model compared). Their own generator (`seed + 1`) keeps them independent of any training stream.
     """
     rows = Interactions.of(partition)
     if not validation:
@@ -91,8 +95,7 @@ def fit_data(partition, *, validation: bool, seed: int) -> FitData:
     keep = np.ones(rows.users.size, dtype=bool)
     keep[held_out] = False
     val_users, val_items = rows.users[held_out], rows.items[held_out]
-    known = NegativeSampler(np.r_[rows.users, partition.test_users], np.r_[rows.items, partition.test_items],
-                            partition.num_users, partition.num_items)
+    known = NegativeSampler(rows.users, rows.items, partition.num_users, partition.num_items)
     num_neg = (partition.test_negatives.shape[1] if partition.test_negatives.ndim == 2
                else DEFAULT_VALIDATION_NEGATIVES)
     num_neg = min(num_neg, int(known.num_unseen.min()))

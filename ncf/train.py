@@ -65,9 +65,12 @@ from ncf.splits import FitData, Interactions
 SEED_PRESET: dict[str, Any] = {
     "epochs": 10, "lr": 0.001, "batch_size": 256, "top_k": 10, "dropout": 0.3, "factor_num": 32, "num_layers": 3,
     "model": "NeuMF", "num_neg": 4, "weight_decay": 0.0, "patience": 0, "pretrain": False, "recency_weight": 0.0,
-    "refit": False, "ensemble": 1,
+    "refit": False, "ensemble": 1, "candidates": "",
 }
 PRESETS = {"seed": SEED_PRESET}
+# Model selection's default candidates (docs/training.md, "Model selection": measured on ML-100K to take no longer
+# than NCF's defaults alone, NCF among them so every run trains it).
+DEFAULT_CANDIDATES = "GMF,ease,ials"
 LOSS_OF_A_COIN = math.log(2.0)  # binary cross-entropy of predicting 0.5 for every sample
 
 
@@ -119,8 +122,17 @@ class TrainConfig:
     checkpoint_uri: str = param("", "checkpoint directory; default: <output_uri>.checkpoint")
     progress: str = param("auto", "progress bar: auto (when stderr is a terminal), on, off", choices=("auto", "on", "off"))
     # Model families (ncf.families) and their settings; defaults hand-picked (docs/training.md).
-    family: str = param("ncf", "model family: ncf (GMF / MLP / NeuMF), ease (closed form), ials (implicit ALS), "
-                               "popularity", choices=tuple(families.FAMILIES))
+    family: str = param("ncf", "model family when --candidates is empty: ncf (GMF / MLP / NeuMF), ease (closed "
+                               "form), ials (implicit ALS), popularity", choices=tuple(families.FAMILIES))
+    # Model selection (ncf/selection.py): defaults measured on ML-100K (docs/training.md, "Model selection").
+    candidates: str = param(DEFAULT_CANDIDATES, "models to choose from on the validation split, comma-separated: "
+                            "families (ncf = --model, ease, ials, popularity) or NCF model types (GMF, MLP, NeuMF); "
+                            "each is tuned, the best by validation NDCG@K is refit and exported; empty: train "
+                            "--family only", pipeline=True)
+    tune_trials: int = param(16, "model selection: tuning trials per candidate family other than NCF (trial 0: the "
+                                 "configured settings; a family without a search space gets 1)", pipeline=True)
+    tune_trials_ncf: int = param(3, "model selection: tuning trials per NCF candidate (each one model's selection "
+                                    "pass, no ensemble; the winner's is reused by the final fit)", pipeline=True)
     ease_lambda: float = param(500.0, "EASE: L2 regularisation lambda of the closed form", family="ease")
     ials_factors: int = param(64, "iALS: latent factors", family="ials")
     ials_regularization: float = param(0.05, "iALS: L2 regularisation", family="ials")
@@ -159,11 +171,18 @@ def _validate(config: TrainConfig) -> None:
         raise UserError("full_eval_users and memory_budget_gb must be >= 0")
     if config.threads < 0:
         raise UserError(f"threads: must be >= 0 (0: chosen from the cores and batch size), got {config.threads}")
+    if config.tune_trials < 1 or config.tune_trials_ncf < 1:
+        raise UserError(f"tune_trials and tune_trials_ncf: must be >= 1 (1: the configured settings only), got "
+                        f"{config.tune_trials}, {config.tune_trials_ncf}")
 
 
-def hyperparameters(config: TrainConfig) -> dict[str, Any]:
-    """The settings that shape the model: the core's and the chosen family's (not the other families')."""
+def hyperparameters(config: TrainConfig, core_only: bool = False) -> dict[str, Any]:
+    """The settings that shape the model: the core's and the chosen family's (not the other families');
+    `core_only`: the core's alone, without `family` (before model selection has chosen one)."""
     skip = {"partition_uri", "output_uri", "tracking_uri", "checkpoint_uri", "resume", "progress"}
+    if core_only:
+        return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                if f.name not in skip | {"family"} and "family" not in f.metadata}
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
             if f.name not in skip and f.metadata.get("family", config.family) == config.family}
 
@@ -248,12 +267,20 @@ def _setup_runtime(config: TrainConfig, family, settings) -> Runtime:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if want_cuda else "gloo")
+    runtime = Runtime(device, dist.get_rank() if dist.is_initialized() else 0, world_size)
     if device.type == "cpu":
         keep_freed_memory()
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
-        per_process = max(1, process_cores() // local_world)
-        torch.set_num_threads(config.threads or family.default_threads(settings, per_process))
-    return Runtime(device, dist.get_rank() if dist.is_initialized() else 0, world_size)
+    _set_threads(config, family, settings, runtime)
+    return runtime
+
+
+def _set_threads(config: TrainConfig, family, settings, runtime: Runtime) -> None:
+    """CPU: this process's torch threads for fitting `family` (--threads, else the family's choice)."""
+    if runtime.device.type != "cpu":
+        return
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(runtime.world_size)))
+    per_process = max(1, process_cores() // local_world)
+    torch.set_num_threads(config.threads or family.default_threads(settings, per_process))
 
 
 # ---- NCF: data ----------------------------------------------------------------------------------------------
@@ -524,7 +551,8 @@ def _train_stage(stage: str, model: NCF, data: _Data, fit: FitData, settings: NC
         if runtime.is_main:
             model.eval()
             scorer = ItemScorer(model)
-            hr, ndcg = sampled_metrics(scorer, fit.test, ctx.top_k)
+            # Reporting only; a tuning trial (ncf.selection) has no test rows and reports none.
+            hr, ndcg = sampled_metrics(scorer, fit.test, ctx.top_k) if fit.test is not None else (math.nan, math.nan)
             record = _EpochRecord(epoch + 1, epoch_loss, hr, ndcg)
             if validation is not None:
                 record.val_hr, record.val_ndcg = sampled_metrics(scorer, validation, ctx.top_k)
@@ -535,14 +563,18 @@ def _train_stage(stage: str, model: NCF, data: _Data, fit: FitData, settings: NC
                     best["bad_epochs"] += 1
                 stop[0] = float(best["bad_epochs"] >= settings.patience)
             history.append(record)
-            print(contracts.metric_line(hr, ndcg, epoch_loss), file=sys.stdout if final else sys.stderr, flush=True)
+            if fit.test is not None:
+                print(contracts.metric_line(hr, ndcg, epoch_loss), file=sys.stdout if final else sys.stderr,
+                      flush=True)
             shown = (f" validation hr@{ctx.top_k}={record.val_hr:.4f} ndcg@{ctx.top_k}={record.val_ndcg:.4f}"
                      if record.val_hr is not None else "")
             ctx.log(f"[{label}] epoch {epoch + 1}/{epochs} {time.perf_counter() - started:.1f}s{shown}")
             # The refit pass and each ensemble member repeat the same epoch numbers (steps): each has its own keys.
             prefix = (("refit_" if refit else "") + (f"m{member}_" if member else "")
                       + ("" if stage == settings.model else f"{stage.lower()}_"))
-            values = {f"{prefix}hr": record.hr, f"{prefix}ndcg": record.ndcg, f"{prefix}loss": record.loss}
+            values = {f"{prefix}loss": record.loss}
+            if fit.test is not None:
+                values.update({f"{prefix}hr": record.hr, f"{prefix}ndcg": record.ndcg})
             if record.val_hr is not None:
                 values.update({f"{prefix}val_hr": record.val_hr, f"{prefix}val_ndcg": record.val_ndcg})
             ctx.log_metrics(values, record.epoch)
@@ -598,12 +630,15 @@ def _train_pass(spec: ModelSpec, data: _Data, fit: FitData, settings: NCFSetting
 
 
 def fit_ncf(fit: FitData, settings: NCFSettings, ctx: FitContext
-            ) -> tuple[NCF | NCFEnsemble, dict[str, Any], float, bool]:
+            ) -> tuple[NCF | NCFEnsemble, dict[str, Any], float, bool, Any]:
     """The NCF family's fit: a selection pass (epochs and early stopping on the validation split), then with
     refit a refit pass per ensemble member, else further whole runs for the other members.
 
-    Returns the exported model (on the device), its metrics for metrics.json, its training loss, and whether the
-    seed's metric line should be printed once more for it (its last epoch line is not the exported model's).
+    Returns the exported model (on the device), its metrics for metrics.json, its training loss, whether the
+    seed's metric line should be printed once more for it (its last epoch line is not the exported model's), and
+    the selection pass (model, history, summaries), which a later fit of the same settings can reuse
+    (`FitContext.reuse`: model selection's trials, ncf.selection). With `ctx.report` off no epoch line goes to
+    stdout (a tuning trial: the dashboards see only the exported model's).
     """
     runtime = ctx.runtime
     spec = settings.spec(fit.train.num_users, fit.train.num_items)
@@ -614,10 +649,16 @@ def fit_ncf(fit: FitData, settings: NCFSettings, ctx: FitContext
                        f"{spec.num_items:,} items, factor_num {spec.factor_num}{layers}",
                        "use a smaller --factor-num / --num-layers / --mlp-layers / --ensemble / --batch-size")
     refits = ctx.refit and fit.validation is not None
-    data = _prepare_data(fit.train, settings, runtime.device)
     last_member = settings.ensemble - 1
-    members = [_train_pass(spec, data, fit, settings, ctx, refit_epochs=None,
-                           final=not refits and last_member == 0)]
+    if ctx.reuse is not None:
+        # A tuning trial (ncf.selection) ran exactly this selection pass: the same settings but the ensemble size,
+        # which the selection pass does not depend on (it is member 0's, with member 0's seeds).
+        members = [ctx.reuse]
+    else:
+        data = _prepare_data(fit.train, settings, runtime.device)
+        members = [_train_pass(spec, data, fit, settings, ctx, refit_epochs=None,
+                               final=ctx.report and not refits and last_member == 0)]
+    selection_pass = members[0]
     _, history, summaries = members[0]
     # The selection pass's chosen epoch; its validation metrics are reported with or without a refit.
     validation = next((r for r in history if r.epoch == summaries[settings.model]["best_epoch"]), None)
@@ -631,11 +672,13 @@ def fit_ncf(fit: FitData, settings: NCFSettings, ctx: FitContext
             refit_epochs = dict(zip(refit_epochs, counts.tolist(), strict=True))
         data = _prepare_data(fit.all_train, settings, runtime.device)
         members = []  # the refit members replace the selection pass's model
+    elif len(members) < settings.ensemble and ctx.reuse is not None:
+        data = _prepare_data(fit.train, settings, runtime.device)
     # With refit: every member is a refit pass of the selected epochs. Without: the selection pass's model is
     # member 0 and each further member is a whole training run of its own seed.
     for member in range(len(members), settings.ensemble):
         members.append(_train_pass(spec, data, fit, settings, ctx, refit_epochs or None, member,
-                                   final=member == last_member))
+                                   final=ctx.report and member == last_member))
     model = ensemble_of([m[0] for m in members])
     _, history, summaries = members[-1]
     summary = summaries[settings.model]
@@ -652,8 +695,11 @@ def fit_ncf(fit: FitData, settings: NCFSettings, ctx: FitContext
                             contracts.metric_name("ndcg", ctx.top_k, validation=True): validation.val_ndcg})
         if refit_epochs:
             metrics["refit_epochs"] = refit_epochs
-        report_line = settings.ensemble > 1 or bool(history and selected is not history[-1])
-    return model, metrics, loss, report_line
+        # The exported model's last epoch line is not its own (an ensemble, an earlier selected epoch), or was not
+        # printed on stdout (a selection pass reused from a tuning trial): print one for it after the evaluation.
+        report_line = (settings.ensemble > 1 or bool(history and selected is not history[-1])
+                       or (ctx.reuse is not None and not refits))
+    return model, metrics, loss, report_line, selection_pass
 
 
 # ---- MLflow ---------------------------------------------------------------------------------------------------
@@ -681,12 +727,51 @@ class _Logger:
             self._store.close()
             raise UserError(f"tracking_uri {config.tracking_uri}: cannot start an MLflow run ({exc})") from exc
         self.run_id = run.info.run_id
+        # With model selection the family and its settings are logged once chosen (`selected`).
         mlflow.log_params({"partition_uri": config.partition_uri, "output_uri": config.output_uri,
-                           **hyperparameters(config)})
+                           **hyperparameters(config, core_only=bool(config.candidates))})
+        self._trial_run = None
 
     def log_metrics(self, values: dict[str, float], step: int) -> None:
         if self.active:
             self.mlflow.log_metrics(values, step=step)
+
+    # Model selection's trials (ncf.selection.Tracker): one child run each, nested under this run.
+    @contextlib.contextmanager
+    def trial(self, candidate: str, family: str, number: int, params: dict[str, Any]):
+        if not self.active:
+            yield lambda values, step: None
+            return
+        mlflow = self.mlflow
+        with mlflow.start_run(run_name=f"{candidate}-trial-{number}", nested=True,
+                              tags={"candidate": candidate, "family": family, "trial": str(number)}) as child:
+            self._trial_run = child.info.run_id
+            mlflow.log_params({"candidate": candidate, "family": family, "trial": number,
+                               **{name: str(value) for name, value in params.items()}})
+
+            def log(values: dict[str, float], step: int) -> None:
+                mlflow.log_metrics(values, step=step)
+                objective = [v for k, v in values.items() if k.startswith("val_ndcg_at_")]
+                if objective:  # Optuna's MLflow convention: the objective as `value` (the gate report reads it)
+                    mlflow.log_metric("value", objective[0], step=0)
+
+            try:
+                yield log
+            finally:
+                self._trial_run = None
+
+    def failed(self, message: str) -> None:
+        if self.active and self._trial_run:
+            self.mlflow.set_tag("failed", message[:5000])
+
+    def selected(self, config: TrainConfig, summary: dict[str, Any]) -> None:
+        """After model selection: the chosen family's settings as params, the candidates' summary as an artifact."""
+        if not self.active:
+            return
+        self.mlflow.log_params({k: v for k, v in hyperparameters(config).items()
+                                if k not in hyperparameters(config, core_only=True)})
+        self.mlflow.set_tag("chosen_candidate", summary["chosen"])
+        self.mlflow.log_dict(summary, "candidates.json")
 
     def finish(self, metrics: dict[str, Any], package_dir: Path | None, model_uri: str) -> None:
         if not self.active:
@@ -713,7 +798,25 @@ def _fingerprint(config: TrainConfig, partition, world_size: int) -> str:
     return checkpoint.fingerprint(values)
 
 
+def _selection_errors(config: TrainConfig, candidates) -> None:
+    """UserError for settings that model selection cannot work with."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("candidates: model selection runs in one process, not under torchrun; pass --candidates '' "
+                        "to train --family (ncf) with DistributedDataParallel")
+    if config.patience == 0 and any(c.family == "ncf" for c in candidates):
+        raise UserError(f"patience: 0 leaves no validation split, but candidates {config.candidates!r} include NCF, "
+                        "which is chosen on it; set --patience > 0, or --candidates '' to train without one")
+
+
+def chosen_config(config: TrainConfig, chosen) -> TrainConfig:
+    """The config of the model selection chose: its family and the winning trial's settings."""
+    settings = chosen.settings
+    return dataclasses.replace(config, family=chosen.candidate.family,
+                               **{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)})
+
+
 def run(config: TrainConfig) -> TrainResult:
+    from ncf import selection
     from ncf.data import load_partition
     from ncf.evaluate import evaluate
     from ncf.package import package_tables, write_package
@@ -721,21 +824,40 @@ def run(config: TrainConfig) -> TrainResult:
 
     config = apply_preset(config)
     _validate(config)
-    family = families.get(config.family)
-    settings = family.settings(config)
+    candidates = selection.parse_candidates(config.candidates, config.model) if config.candidates else []
+    if candidates:
+        _selection_errors(config, candidates)
+    family = families.get(candidates[0].family if candidates else config.family)
+    settings = candidates[0].settings(config) if candidates else family.settings(config)
     runtime = _setup_runtime(config, family, settings)
     partition = load_partition(config.partition_uri)
-    data = fit_data(partition, validation=family.uses_validation(settings), seed=config.seed)
+    data = fit_data(partition, validation=bool(candidates) or family.uses_validation(settings), seed=config.seed)
     logger = _Logger(config, runtime)
     context = FitContext(
         runtime=runtime, seed=config.seed, top_k=config.top_k, refit=config.refit,
         memory_budget=memory_budget(config.memory_budget_gb, runtime.device), progress=config.progress,
         resume=config.resume, checkpoint_dir=config.checkpoint_uri or contracts.checkpoint_uri(config.output_uri),
-        fingerprint=_fingerprint(config, partition, runtime.world_size), log_metrics=logger.log_metrics)
+        fingerprint="", log_metrics=logger.log_metrics)
     failed = True
     try:
         started = time.perf_counter()
+        summary: dict[str, Any] | None = None
+        selection_seconds = 0.0
+        if candidates:
+            picked = selection.select(
+                data, candidates, config, context, {"ncf": config.tune_trials_ncf, "*": config.tune_trials},
+                tracker=logger, before_candidate=lambda fam, s: _set_threads(config, fam, s, runtime))
+            selection_seconds = time.perf_counter() - started
+            summary = picked.summary()
+            config = chosen_config(config, picked.chosen)
+            family, settings = families.get(config.family), picked.chosen.settings
+            _set_threads(config, family, settings, runtime)
+            context.reuse = picked.chosen.state
+            picked.chosen.state = None
+            logger.selected(config, summary)
+        context.fingerprint = _fingerprint(config, partition, runtime.world_size)
         fitted = family.fit(data, settings, context)
+        context.reuse = None
         train_seconds = time.perf_counter() - started
         model_uri = storage.join(config.output_uri)
         metrics: dict[str, Any] = {}
@@ -745,10 +867,13 @@ def run(config: TrainConfig) -> TrainResult:
                 result = evaluate(fitted.scorer, partition, k, full_eval_users=config.full_eval_users)
             metrics = {**result.metrics(), **fitted.metrics, "family": family.name,
                        "train_seconds": round(train_seconds, 3)}
-            if fitted.report_line:
-                print(contracts.metric_line(result.hr, result.ndcg, fitted.loss), flush=True)
             extra = {"partition_uri": partition.uri, "partition_fingerprint": partition.stats.get("fingerprint", ""),
                      "mlflow_run_id": logger.run_id, "run_date": partition.stats.get("run_date", "")}
+            if summary is not None:
+                metrics.update(selection_seconds=round(selection_seconds, 3), candidates=summary)
+                extra["candidates"] = summary
+            if fitted.report_line:
+                print(contracts.metric_line(result.hr, result.ndcg, fitted.loss), flush=True)
             with storage.staged_output(model_uri) as tmp:
                 write_package(tmp, fitted.exported, metrics=metrics, hyperparameters=hyperparameters(config),
                               extra=extra, **package_tables(partition))

@@ -98,7 +98,8 @@ def partition_uri(tmp_path_factory) -> str:
                            tmp_path_factory.mktemp("faults-data") / "dt=2026-01-01")
 
 
-TRAIN = ("--epochs", "2", "--ensemble", "1", "--batch-size", "256", "--factor-num", "8", "--progress", "off")
+TRAIN = ("--epochs", "2", "--ensemble", "1", "--batch-size", "256", "--factor-num", "8", "--progress", "off",
+         "--candidates", "")
 
 
 def _event_log(path: Path, users: int = 1500, per_user: int = 20) -> Path:

@@ -133,6 +133,10 @@ class FitContext:
     checkpoint_dir: str = ""  # where a family that checkpoints writes them (NCF, per epoch); "": no checkpoints
     fingerprint: str = ""  # of the settings and data that shape the result (checkpoints record it)
     log_metrics: Callable[[dict[str, float], int], None] = lambda values, step: None  # MLflow, when configured
+    # An earlier validation fit of the same settings on the same data (its `FitResult.state`, from a tuning trial):
+    # the fit continues from it instead of repeating it (NCF: its selection pass). Families without state ignore it.
+    reuse: Any = None
+    report: bool = True  # the fit trains the exported model: NCF prints its epochs' seed metric lines on stdout
 
     def progress_bar(self, total: int, desc: str, unit: str = "batch"):
         from tqdm import tqdm
@@ -169,6 +173,7 @@ class FitResult:
     metrics: dict[str, Any]  # the family's own numbers for metrics.json (val_hr@K / val_ndcg@K, loss, ...)
     loss: float | None = None  # training loss of the exported model, the seed line's `Loss=` (None: no loss)
     report_line: bool = True  # print the seed's metric line for the exported model after the final evaluation
+    state: Any = None  # what a later fit of the same settings may continue from (`FitContext.reuse`); None: nothing
 
 
 class Family(abc.ABC):
@@ -190,6 +195,18 @@ class Family(abc.ABC):
     def default_threads(self, settings, cores: int) -> int:
         """CPU threads to train with when the user did not choose (`--threads 0`)."""
         return cores
+
+    def search_space(self, trial, settings) -> dict[str, Any]:
+        """The settings one tuning trial tries (`ncf.selection`): {settings field: value}, each drawn through
+        `trial` (an `optuna.trial.Trial`: `suggest_float` / `suggest_int` / `suggest_categorical`, named as the
+        field); fields left out keep `settings`' values. The data-dependent settings only, in bounded ranges that
+        contain the defaults. Default: {} (nothing to tune; the family is fitted once with its settings)."""
+        return {}
+
+    def trial_settings(self, settings) -> Any:
+        """The settings a tuning trial fits with (the chosen ones are then fitted as given): `settings` itself
+        unless a cheaper stand-in ranks the same (NCF: one model instead of the ensemble)."""
+        return settings
 
     @abc.abstractmethod
     def fit(self, data: FitData, settings, context: FitContext) -> FitResult:

@@ -10,6 +10,7 @@ Scorer: `ncf.scoring.ItemScorer` (logits; inner product: the GMF part, see its d
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -59,9 +60,21 @@ class NCFFamily(Family):
         # shared cores, oversubscription): measured 1 thread fastest up to batch 2048 (docs/training.md).
         return 1 if settings.batch_size <= 2048 else cores
 
+    def search_space(self, trial, settings: train.NCFSettings) -> dict[str, Any]:
+        # The data-dependent settings of the training objective (docs/training.md, sweep 3): how strongly the
+        # latest interactions count, how many negatives per positive, L2. Epochs come from early stopping.
+        return {"recency_weight": trial.suggest_categorical("recency_weight", [0.0, 4.0, 16.0, 64.0]),
+                "num_neg": trial.suggest_int("num_neg", 2, 16, log=True),
+                "weight_decay": trial.suggest_categorical("weight_decay", [0.0, 1e-6, 1e-5, 1e-4])}
+
+    def trial_settings(self, settings: train.NCFSettings) -> train.NCFSettings:
+        # A trial is the selection pass only (one model, epochs by early stopping): the ensemble's refit members
+        # train for the epochs it selects, so the final fit reuses the winning trial's pass (FitContext.reuse).
+        return dataclasses.replace(settings, ensemble=1)
+
     def fit(self, data: FitData, settings: train.NCFSettings, context: FitContext) -> FitResult:
-        model, metrics, loss, report_line = train.fit_ncf(data, settings, context)
-        return FitResult(ItemScorer(model.eval()), export(model), metrics, loss, report_line)
+        model, metrics, loss, report_line, selection_pass = train.fit_ncf(data, settings, context)
+        return FitResult(ItemScorer(model.eval()), export(model), metrics, loss, report_line, state=selection_pass)
 
     def load(self, weights: dict[str, torch.Tensor], config: dict[str, Any], package) -> ItemScorer:
         spec = ModelSpec.from_dict(config)

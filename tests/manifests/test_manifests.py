@@ -416,6 +416,7 @@ def test_trainjob_runs_the_trainer_under_torchrun_on_gpu_nodes():
     assert trainer["numNodes"] >= 2 and trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"]
     args = _parse(_step_parser("ncf.train", "TrainConfig"), trainer["args"])
     assert args.device == "cuda"
+    assert args.candidates == "", "model selection refuses torchrun: the DDP job trains --family ncf alone"
     pod = job["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]
     assert pod["spec"]["template"]["spec"]["serviceAccountName"] == "ncf-trainer"
 

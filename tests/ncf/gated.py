@@ -51,7 +51,7 @@ def build(root: Path) -> GatedStore:
     ]
     trained = train(TrainConfig(partition_uri=partitions[3].uri, output_uri=str(root / "models" / "v4"), epochs=3,
                                 batch_size=64, factor_num=8, num_layers=2, ensemble=1, patience=3, refit=False,
-                                pretrain=False, progress="off", tracking_uri=tracking_uri))
+                                pretrain=False, progress="off", tracking_uri=tracking_uri, candidates=""))
     trial_values = [0.21, 0.34]
     run = registry.client(tracking_uri).get_run(trained.mlflow_run_id)
     with registry.active_store(tracking_uri):

@@ -47,3 +47,11 @@ def test_pipeline_fields_are_the_user_facing_ones():
 def test_from_dict_names_unknown_fields():
     with pytest.raises(UserError, match=r"params.yaml: unknown field\(s\) \['factor'\]"):
         from_dict(ExampleConfig, {"partition_uri": "p", "factor": 3}, source="params.yaml")
+
+
+def test_help_with_a_literal_percent_sign_formats():
+    from ncf.train import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="ncfctl train")
+    add_arguments(parser, TrainConfig)
+    assert "80% of the memory" in parser.format_help()  # argparse's %-formatting used to fail on it

@@ -20,7 +20,7 @@ def test_two_gloo_processes_train_and_export(tiny_partition_uri, tmp_path):
     out = tmp_path / "models" / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "ncf.train", "--partition-uri", tiny_partition_uri, "--output-uri", str(out), "--epochs", "2",
-           "--batch-size", "64", "--factor-num", "8", "--num-layers", "2", "--device", "cpu", "--progress", "off"]
+           "--batch-size", "64", "--factor-num", "8", "--num-layers", "2", "--device", "cpu", "--progress", "off", "--candidates", ""]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,7 +18,8 @@ from ncf.train import TrainConfig, apply_preset, main, run
 from tests.tiny_data import make_partition, write_partition
 
 SEED_REGEXES = [r"HR=(.*?);", r"NDCG=(.*?);", r"Loss=(.*?);"]  # the seed dashboard's metric definitions
-FAST = ["--epochs", "3", "--batch-size", "64", "--factor-num", "8", "--num-layers", "2", "--progress", "off"]
+FAST = ["--epochs", "3", "--batch-size", "64", "--factor-num", "8", "--num-layers", "2", "--progress", "off",
+        "--candidates", ""]
 # Pretrained NeuMF with a refit pass; on the tiny partition every selection stage stops early and selects an
 # epoch before its last one (the kill points below rely on it, so the sampling and weighting are pinned).
 REFIT = dict(pretrain=True, refit=True, epochs=8, patience=1, lr=0.01, num_neg=4, weight_decay=0.0,
@@ -28,7 +29,7 @@ TIMING = ("train_seconds", "samples_per_second")
 
 def _config(partition_uri, output, **overrides) -> TrainConfig:
     values = dict(partition_uri=partition_uri, output_uri=str(output), epochs=3, batch_size=64, factor_num=8,
-                  num_layers=2, patience=2, ensemble=1, progress="off")
+                  num_layers=2, patience=2, ensemble=1, progress="off", candidates="")
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -84,7 +85,8 @@ def test_pipeline_parameters_are_the_seed_hyperparameters_plus_model_and_trackin
     from ncf.config import pipeline_fields
 
     assert [f.name for f in pipeline_fields(TrainConfig)] == [
-        "epochs", "lr", "batch_size", "top_k", "dropout", "factor_num", "num_layers", "model", "tracking_uri"]
+        "epochs", "lr", "batch_size", "top_k", "dropout", "factor_num", "num_layers", "model", "tracking_uri",
+        "candidates", "tune_trials", "tune_trials_ncf"]
 
 
 def test_same_seed_same_model(tiny_partition_uri, tmp_path):
@@ -101,11 +103,11 @@ class _Killed(Exception):
 @pytest.mark.parametrize("overrides, kill_at", [
     (dict(pretrain=False), ("NeuMF", 2)),
     (dict(pretrain=True), ("MLP", 1)),
-    (REFIT, ("NeuMF", 4)),  # the selection pass's last (early-stopped) epoch: the refit has not started
+    (REFIT, ("NeuMF", 2)),  # the selection pass's last (early-stopped) epoch: the refit has not started
     (REFIT, ("GMF-refit", 1)),
-    (REFIT, ("NeuMF-refit", 2)),  # GMF-refit and MLP-refit are complete, NeuMF-refit is not
+    (REFIT, ("MLP-refit", 1)),  # GMF-refit is complete, MLP-refit (2 epochs) is not
     ({**REFIT, "ensemble": 2}, ("MLP-refit-m1", 1)),  # member 0 is complete, member 1 is not
-], ids=["neumf", "pretrain", "refit-after-selection", "refit-gmf", "refit-neumf", "ensemble-member"])
+], ids=["neumf", "pretrain", "refit-after-selection", "refit-gmf", "refit-mlp", "ensemble-member"])
 def test_resume_after_kill_is_bit_identical(tiny_partition_uri, tmp_path, monkeypatch, overrides, kill_at):
     settings = {"epochs": 3, "patience": 5, **overrides}
     full = run(_config(tiny_partition_uri, tmp_path / "full", **settings))
@@ -361,7 +363,7 @@ def test_a_model_over_the_memory_budget_is_refused_with_its_estimate(tiny_partit
     """`--num-layers 20` makes a 33-million-wide tower input: refused before anything is allocated."""
     out = tmp_path / "models" / "huge"
     assert main(["--partition-uri", tiny_partition_uri, "--output-uri", str(out), "--num-layers", "20",
-                 "--progress", "off"]) == 2
+                 "--progress", "off", "--candidates", ""]) == 2
     err = capsys.readouterr().err
     assert re.search(r"error: model: NeuMF x3 for 40 users x 80 items, factor_num 32, mlp_layers \[33554432, .*"
                      r"needs an estimated [\d,.]+ TB \(parameters [\d,.]+ TB, optimizer .*\), over the memory budget "

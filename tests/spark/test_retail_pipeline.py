@@ -60,7 +60,8 @@ def test_two_days_of_a_retail_log_train_gate_and_serve(spark, tmp_path):
                                                  read["returned_rows"], read["filtered_rows"]) > 0, read
             package = train(TrainConfig(partition_uri=partition.partition_uri,
                                         output_uri=str(root / "models" / run_date), epochs=2, ensemble=1,
-                                        pretrain=False, refit=False, patience=0, tracking_uri=tracking_uri))
+                                        pretrain=False, refit=False, patience=0, tracking_uri=tracking_uri,
+                                        candidates=""))
             decision = gate(GateConfig(model_uri=package.model_uri, partition_uri=partition.partition_uri,
                                        tracking_uri=tracking_uri, run_date=run_date))
             decisions.append(decision)

@@ -57,7 +57,7 @@ def packages(root, partition):
     def package(family: str) -> str:
         if family not in trained:
             config = TrainConfig(partition_uri=partition.uri, output_uri=str(root / "models" / family),
-                                 family=family, progress="off", **SETTINGS[family])
+                                 family=family, candidates="", progress="off", **SETTINGS[family])
             trained[family] = run(config).model_uri
         return trained[family]
 
@@ -213,8 +213,8 @@ def test_a_closed_form_family_logs_to_mlflow(partition, tmp_path):
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run(TrainConfig(partition_uri=partition.uri, output_uri=str(tmp_path / "models" / "ease"),
-                             family="ease", ease_lambda=5.0, tracking_uri=tracking, experiment="families",
-                             progress="off"))
+                             family="ease", candidates="", ease_lambda=5.0, tracking_uri=tracking,
+                             experiment="families", progress="off"))
     client = mlflow.MlflowClient(tracking)
     logged = client.get_run(result.mlflow_run_id).data
     assert logged.params["family"] == "ease" and logged.params["ease_lambda"] == "5.0" and "lr" not in logged.params

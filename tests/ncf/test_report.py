@@ -148,7 +148,9 @@ def test_the_candidates_table_shows_the_selection_with_the_chosen_one_marked(gat
     rows = re.findall(r"<tr( class=chosen)?><td>([a-z]+)( <b>&#9733; chosen</b>)?</td>(.*?)</tr>", table)
     assert [(name, bool(marked), bool(star)) for marked, name, star, _ in rows] == [
         ("ease", True, True), ("ials", False, False), ("popularity", False, False)]
-    assert re.findall(r"<td>([^<]*)</td>", rows[0][3]) == ["0.6301", "0.3912", "8", "ease_lambda=250"]
+    assert re.findall(r"<td(?: class=settings)?>([^<]*)</td>", rows[0][3]) == ["0.6301", "0.3912", "8",
+                                                                              "ease_lambda=250"]
+    assert re.findall(r"<td(?: class=settings)?>([^<]*)</td>", rows[2][3]) == ["0.2750", "0.1204", "1", "&ndash;"]
     for result in (v1, v4):  # packages without a selection summary: no table
         assert "Model selection" not in (Path(result.report_uri) / "gate.html").read_text()
 

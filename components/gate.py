@@ -19,11 +19,13 @@ def gate(
     gate_metric: str,
     min_delta: float,
     floor: float,
+    min_baseline_gain: float,
     pipeline_run_id: str,
     scores: Output[Metrics],
     report: Output[HTML],
 ) -> bool:
-    """Registers the challenger, scores it and the champion on the same partition, moves the alias or not."""
+    """Registers the challenger, scores it, the champion and the popularity baseline on the same partition, moves the
+    alias or not."""
     args = dict(locals())  # first statement: the parameters, by name, for the step's config
     from ncf import contracts, storage
     from ncf.config import pipeline_fields
@@ -41,6 +43,7 @@ def gate(
     scores.log_metric("challenger_" + result.gate_metric, result.challenger_score)
     if result.champion_score is not None:
         scores.log_metric("champion_" + result.gate_metric, result.champion_score)
+    scores.log_metric("baseline_" + result.gate_metric, result.baseline_score)
     scores.log_metric("promoted", int(result.promoted))
     scores.log_metric("version", int(result.version))
     report.metadata.update({"reason": result.reason, "report_uri": result.report_uri, "version": result.version})

@@ -1,17 +1,19 @@
 """The champion/challenger gate: adopt only retrains that are better on the same, newest data.
 
 1. Register the challenger (a model package) as a new version of the registered model; alias `challenger`.
-2. Score the challenger AND the current `champion` on the same test rows of the newest partition, with the same
-   candidates (a champion's old metric on old data is not comparable): the sampled protocol on every test row, full
-   ranking on the same fixed-seed sample of at most `full_eval_users` rows, with 95% intervals. Any model family
-   scores through its package's scorer (`ncf.families`). A model trained on another
+2. Score the challenger, the current `champion` AND a popularity baseline on the same test rows of the newest
+   partition, with the same candidates (a champion's old metric on old data is not comparable): the sampled
+   protocol on every test row, full ranking on the same fixed-seed sample of at most `full_eval_users` rows, with 95%
+   intervals. Any model family scores through its package's scorer (`ncf.families`); the baseline is the
+   `popularity` family fit on the newest partition's training rows (its interaction counts). A model trained on another
    partition may not know some users / items: an unknown user gets the model's popularity ranking (as in serving),
    an unknown item ranks below every known one and the held-out item loses ties, so an unknown held-out item is a
    miss. The report says how many rows each model ranked natively.
-3. Promote (move `champion`) only if the challenger beats the champion by at least `min_delta` (and strictly)
-   on `gate_metric` and clears the absolute `floor`; the first model needs only the floor. Optionally the gain
-   must be significant under a paired bootstrap over users.
-4. Tag the version with the decision and both scores; write gate.json + gate.html under `report_uri`.
+3. Promote (move `champion`) only if the challenger clears the absolute `floor`, beats the popularity baseline by
+   at least `min_baseline_gain` (and strictly, unless that margin is negative) and beats the champion by at least
+   `min_delta` (and strictly) on `gate_metric`; the first model needs the floor and the baseline. Optionally the
+   gain over the champion must be significant under a paired bootstrap over users.
+4. Tag the version with the decision and the three scores; write gate.json + gate.html under `report_uri`.
 
 Steps 2-4 (reading the champion, scoring, moving the aliases) hold the model's gate lock (`registry.gate_lock`):
 gates of one model run one at a time, so a second gate scores against the champion the first one set. Each
@@ -52,6 +54,11 @@ class GateConfig:
     min_delta: float = param(0.0, "the challenger must beat the champion by at least this much (>= 0)",
                              pipeline=True)
     floor: float = param(0.0, "absolute minimum of gate_metric for any model to be promoted", pipeline=True)
+    min_baseline_gain: float = param(
+        0.0, "every challenger, the first model included, must beat the popularity baseline (the newest partition's "
+             "training interaction counts, scored on the same rows) on gate_metric by at least this much; 0: "
+             "strictly better than popularity; negative: tolerate a model up to that much worse (e.g. to ship a "
+             "popularity model itself)", pipeline=True)
     full_eval_users: int = param(contracts.DEFAULT_FULL_EVAL_USERS,
                                  "full-ranking metrics over a fixed-seed sample of at most this many test users, the "
                                  "same users for both models (every user when fewer; 0: every user)")
@@ -72,6 +79,7 @@ class Decision:
     reason: str
     delta: float | None = None
     p_value: float | None = None
+    baseline_gain: float | None = None  # challenger - baseline (None: no baseline was given)
 
 
 @dataclasses.dataclass
@@ -102,6 +110,9 @@ class GateResult:
     champion_metrics: dict[str, float] | None
     challenger_coverage: Coverage
     champion_coverage: Coverage | None
+    # the popularity baseline (BASELINE) fit on the partition's training rows, scored on the same rows
+    baseline_score: float
+    baseline_metrics: dict[str, float]
     # "challenger" / "champion" -> whether its training partition still holds the data it was trained on
     training_partitions: dict[str, PartitionCheck] = dataclasses.field(default_factory=dict)
 
@@ -120,31 +131,55 @@ def paired_bootstrap_p(challenger: np.ndarray, champion: np.ndarray, samples: in
 
 
 def decide(challenger: float, champion: float | None, *, min_delta: float, floor: float,
+           baseline: float | None = None, min_baseline_gain: float = 0.0,
            challenger_per_user: np.ndarray | None = None, champion_per_user: np.ndarray | None = None,
            bootstrap_samples: int = 0, significance: float = 0.05, seed: int = 0) -> Decision:
-    """The gate rule (pure). Never promotes a challenger that does not score strictly above the champion."""
+    """The gate rule (pure). Never promotes a challenger that does not score strictly above the champion, nor (with
+    a `baseline` and `min_baseline_gain` >= 0) one that does not score strictly above the baseline.
+
+    In order: a non-finite score, the `floor`, the baseline (`challenger - baseline >= min_baseline_gain`, and
+    `> 0` unless `min_baseline_gain` is negative: a negative margin knowingly tolerates a model that much worse
+    than the baseline), then the champion (`challenger - champion > 0` and `>= min_delta`, optionally significant
+    under a paired bootstrap); the first reason that refuses is the decision's.
+    """
     if min_delta < 0:
         raise UserError(f"min_delta: must be >= 0 (a negative margin could promote a worse model), got {min_delta}")
+    if not math.isfinite(min_baseline_gain):
+        raise UserError(f"min_baseline_gain: must be a finite number, got {min_baseline_gain}")
     if not math.isfinite(challenger):
         return Decision(False, f"challenger score is {challenger}")
     if challenger < floor:
         return Decision(False, f"challenger {challenger:.4f} is below the floor {floor:.4f}")
+    gain = None
+    if baseline is not None:
+        if not math.isfinite(baseline):
+            return Decision(False, f"baseline score is {baseline}: cannot tell the challenger beats popularity")
+        gain = challenger - baseline
+        if not (gain > 0 or min_baseline_gain < 0):
+            return Decision(False, f"challenger {challenger:.4f} is not better than the popularity baseline "
+                                   f"{baseline:.4f}", baseline_gain=gain)
+        if gain < min_baseline_gain:
+            return Decision(False, f"challenger {challenger:.4f} is {gain:+.4f} against the popularity baseline "
+                                   f"{baseline:.4f}, below min_baseline_gain {min_baseline_gain:.4f}",
+                            baseline_gain=gain)
+    over = "" if gain is None else f"; {gain:+.4f} over the popularity baseline {baseline:.4f}"
     if champion is None:
-        return Decision(True, f"first model: {challenger:.4f} clears the floor {floor:.4f}")
+        return Decision(True, f"first model: {challenger:.4f} clears the floor {floor:.4f}{over}", baseline_gain=gain)
     delta = challenger - champion
     if not delta > 0:
-        return Decision(False, f"challenger {challenger:.4f} is not better than champion {champion:.4f}", delta)
+        return Decision(False, f"challenger {challenger:.4f} is not better than champion {champion:.4f}", delta,
+                        baseline_gain=gain)
     if delta < min_delta:
-        return Decision(False, f"gain {delta:.4f} is below min_delta {min_delta:.4f}", delta)
+        return Decision(False, f"gain {delta:.4f} is below min_delta {min_delta:.4f}", delta, baseline_gain=gain)
     if bootstrap_samples > 0:
         if challenger_per_user is None or champion_per_user is None:
             raise ValueError("a bootstrap needs both models' per-user scores")
         p = paired_bootstrap_p(challenger_per_user, champion_per_user, bootstrap_samples, seed)
         if p > significance:
             return Decision(False, f"gain {delta:.4f} is not significant (paired bootstrap p={p:.4f} > "
-                                   f"{significance})", delta, p)
-        return Decision(True, f"gain {delta:.4f} >= {min_delta:.4f}, significant (p={p:.4f})", delta, p)
-    return Decision(True, f"gain {delta:.4f} >= min_delta {min_delta:.4f}", delta)
+                                   f"{significance})", delta, p, gain)
+        return Decision(True, f"gain {delta:.4f} >= {min_delta:.4f}, significant (p={p:.4f}){over}", delta, p, gain)
+    return Decision(True, f"gain {delta:.4f} >= min_delta {min_delta:.4f}{over}", delta, baseline_gain=gain)
 
 
 # ---- scoring both models on the same rows --------------------------------------------------------------------
@@ -218,6 +253,23 @@ class PartitionScorer(Scorer):
         return Coverage(len(known_user), int(known_user.sum()), int(known_test.sum()), int(native.sum()))
 
 
+def _check_scorable(partition) -> None:
+    if len(partition.test_users) == 0:
+        raise UserError(f"{partition.uri}: the partition has no test rows to score the gate on")
+
+
+def _scores(scorer, partition, gate_metric: str, full_eval_users: int, known_items, coverage: Coverage) -> Scores:
+    """`ncf.evaluate.evaluate` on the partition's test rows; the gate metric's per-user values."""
+    from ncf.evaluate import evaluate
+
+    full, kind, top_k = parse_metric(gate_metric)
+    with all_cores():
+        result = evaluate(scorer, partition, top_k, full_eval_users=full_eval_users, known_items=known_items)
+    per_user = {(False, "hr"): result.hr_per_user, (False, "ndcg"): result.ndcg_per_user,
+                (True, "hr"): result.full_hr_per_user, (True, "ndcg"): result.full_ndcg_per_user}[(full, kind)]
+    return Scores(result.metrics(), per_user, coverage)
+
+
 @torch.no_grad()
 def score_packages(packages: list, partition, gate_metric: str,
                    full_eval_users: int = contracts.DEFAULT_FULL_EVAL_USERS) -> list[Scores]:
@@ -229,21 +281,42 @@ def score_packages(packages: list, partition, gate_metric: str,
     so a model is neither helped by items that left the catalogue nor excused for items it has never seen; see
     `PartitionScorer` for unknown users / items.
     """
-    from ncf.evaluate import evaluate
-
-    full, kind, top_k = parse_metric(gate_metric)
-    if len(partition.test_users) == 0:
-        raise UserError(f"{partition.uri}: the partition has no test rows to score the gate on")
+    parse_metric(gate_metric)
+    _check_scorable(partition)
     out = []
     for package in packages:
         scorer = PartitionScorer(package, partition)
-        with all_cores():
-            result = evaluate(scorer, partition, top_k, full_eval_users=full_eval_users,
-                              known_items=scorer.known_items)
-        per_user = {(False, "hr"): result.hr_per_user, (False, "ndcg"): result.ndcg_per_user,
-                    (True, "hr"): result.full_hr_per_user, (True, "ndcg"): result.full_ndcg_per_user}[(full, kind)]
-        out.append(Scores(result.metrics(), per_user, scorer.coverage(partition)))
+        out.append(_scores(scorer, partition, gate_metric, full_eval_users, scorer.known_items,
+                           scorer.coverage(partition)))
     return out
+
+
+BASELINE = "popularity"  # the family the gate's baseline is: ncf/families/popularity.py
+
+
+def baseline_scorer(partition) -> Scorer:
+    """The popularity baseline of `partition`: the `popularity` family fit on every training row of the partition
+    (its interaction counts), in the partition's own id space."""
+    from ncf.families import get
+    from ncf.families.base import FitContext, Runtime
+    from ncf.splits import Interactions
+
+    family = get(BASELINE)
+    scorer, _ = family.fit_rows(Interactions.of(partition), family.settings_type(),
+                                FitContext(Runtime(torch.device("cpu")), refit=False))
+    return scorer
+
+
+@torch.no_grad()
+def score_baseline(partition, gate_metric: str,
+                   full_eval_users: int = contracts.DEFAULT_FULL_EVAL_USERS) -> Scores:
+    """The popularity baseline scored exactly as `score_packages` scores a package: the same test rows, candidates
+    and full-ranking sample. It knows every user and item of the partition, so every row is native."""
+    parse_metric(gate_metric)
+    _check_scorable(partition)
+    rows = len(partition.test_users)
+    return _scores(baseline_scorer(partition), partition, gate_metric, full_eval_users, None,
+                   Coverage(rows, rows, rows, rows))
 
 
 # ---- the step ---------------------------------------------------------------------------------------------
@@ -283,6 +356,20 @@ def check_training_partition(package, scored) -> PartitionCheck:
                           f"{current} now): it is scored on data it never saw")
 
 
+def candidates_summary(package) -> dict | None:
+    """The model-selection summary the train step may record in the package (`metrics.json`, else `config.json`,
+    key `candidates`): `{"chosen": <family>, "candidates": {<family>: {"val_ndcg@10": ..., "settings": {...},
+    "trials": n, ...}}}`. None when the package has none (or it is not that shape)."""
+    for source in (package.metrics, package.config):
+        summary = (source or {}).get("candidates")
+        if isinstance(summary, dict):
+            if isinstance(summary.get("candidates"), dict):
+                return {"chosen": summary.get("chosen") or source.get("chosen"), "candidates": summary["candidates"]}
+            if summary and all(isinstance(v, dict) for v in summary.values()):  # the table itself, chosen beside it
+                return {"chosen": source.get("chosen"), "candidates": summary}
+    return None
+
+
 def run(config: GateConfig) -> GateResult:
     from ncf.data import load_partition
     from ncf.package import load_package
@@ -290,6 +377,8 @@ def run(config: GateConfig) -> GateResult:
     parse_metric(config.gate_metric)
     if config.min_delta < 0:
         raise UserError(f"min_delta: must be >= 0, got {config.min_delta}")
+    if not math.isfinite(config.min_baseline_gain):
+        raise UserError(f"min_baseline_gain: must be a finite number, got {config.min_baseline_gain}")
     if config.bootstrap_samples < 0 or not 0 < config.significance < 1:
         raise UserError("bootstrap_samples must be >= 0 and significance in (0, 1)")
     root = None if config.tracking_uri and config.report_uri else contracts.storage_root_of_model(config.model_uri)
@@ -316,11 +405,14 @@ def _gate_locked(config: GateConfig, lock, tracking_uri: str, root, challenger, 
                                                                    str(previous.version), tmp)))
     scores = score_packages(packages, partition, config.gate_metric, config.full_eval_users)
     chall, champ = scores[0], (scores[1] if previous is not None else None)
+    base = score_baseline(partition, config.gate_metric, config.full_eval_users)
+    baseline_score = base.metrics[config.gate_metric]
     num_users = chall.coverage.rows
 
     decision = decide(
         chall.metrics[config.gate_metric], champ.metrics[config.gate_metric] if champ else None,
-        min_delta=config.min_delta, floor=config.floor, challenger_per_user=chall.per_user,
+        min_delta=config.min_delta, floor=config.floor, baseline=baseline_score,
+        min_baseline_gain=config.min_baseline_gain, challenger_per_user=chall.per_user,
         champion_per_user=champ.per_user if champ else None, bootstrap_samples=config.bootstrap_samples,
         significance=config.significance, seed=config.seed)
     checks = {role: check_training_partition(package, partition)
@@ -337,6 +429,9 @@ def _gate_locked(config: GateConfig, lock, tracking_uri: str, root, challenger, 
         "gate": "passed" if decision.promoted else "rejected",
         "gate.metric": config.gate_metric,
         "gate.challenger_score": f"{chall.metrics[config.gate_metric]:.6f}",
+        "gate.baseline": BASELINE,
+        "gate.baseline_score": f"{baseline_score:.6f}",
+        "gate.min_baseline_gain": str(config.min_baseline_gain),
         "gate.reason": reason,
         "gate.num_users": str(num_users),
         "gate.challenger_native_rows": str(chall.coverage.native),
@@ -365,8 +460,10 @@ def _gate_locked(config: GateConfig, lock, tracking_uri: str, root, challenger, 
         full_eval_users=int(chall.metrics[contracts.FULL_EVAL_USERS]), report_uri=str(report_uri),
         challenger_metrics=chall.metrics, champion_metrics=champ.metrics if champ else None,
         challenger_coverage=chall.coverage, champion_coverage=champ.coverage if champ else None,
-        training_partitions=checks)
+        baseline_score=baseline_score, baseline_metrics=base.metrics, training_partitions=checks)
     report = {**dataclasses.asdict(result), "min_delta": config.min_delta, "floor": config.floor,
+              "min_baseline_gain": config.min_baseline_gain, "baseline": BASELINE,
+              "challenger_candidates": candidates_summary(challenger),
               "partition_uri": partition.uri, "model_uri": config.model_uri, "tracking_uri": tracking_uri,
               "decided_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     from ncf.report import write_gate_report  # matplotlib: imported only when a report is written
@@ -387,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "promoted to champion" if result.promoted else "not promoted"
     champion = f"{result.champion_score:.4f} (v{result.champion_version})" if result.champion_version else "none"
     print(f"{result.model_name} v{result.version}: {verdict}. {result.gate_metric}: challenger "
-          f"{result.challenger_score:.4f}, champion {champion}. {result.reason}. Report: {result.report_uri}")
+          f"{result.challenger_score:.4f}, champion {champion}, {BASELINE} baseline {result.baseline_score:.4f}. "
+          f"{result.reason}. Report: {result.report_uri}")
     return 0
 
 

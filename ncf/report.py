@@ -2,13 +2,19 @@
 and inlined as SVG, so the file stands alone (no script, stylesheet, font or image is fetched).
 
 - **Gate metric across versions** (`gate_history`): every version of the model by run date -- the challenger's
-  score, the champion's score at that time (both on that run's partition) and the baseline's when the version's
-  tags carry it (`gate.baseline_score`); promotions are marked. From the registry's version tags (ncf/status.py).
+  score, the champion's score at that time and the popularity baseline's (all on that run's partition; the
+  baseline from the version's `gate.baseline_score` tag, absent on versions gated before the gate scored one);
+  promotions are marked. From the registry's version tags (ncf/status.py).
 - **Training curves** (`training_curves`): the challenger's loss and validation metric per epoch from its MLflow
   training run (`train_run_id` tag; the exported model's keys `loss`, `val_ndcg`, `val_hr`, with `refit_` /
   `m<k>_` prefixes for the refit pass and ensemble members), and the tuning trials when tuning ran: the training
   run's child runs (`mlflow.parentRunId`, as Optuna's MLflow callback logs them with nested runs), their metric
   `value` (else their first `val_*` metric) in start order.
+
+The page's table puts the challenger, the champion and the popularity baseline side by side (every metric, the same
+rows); when the challenger's package records the train step's model selection (`challenger_candidates` in gate.json:
+`{"chosen", "candidates": {<family>: {"val_ndcg@10", "val_hr@10", "settings", "trials"}}}`), a second table lists
+the candidates' validation scores with the chosen one marked.
 
 `write_gate_report` writes gate.html plus each figure as SVG next to it, and logs the figures (SVG and PNG) and
 gate.html to the version's MLflow run under `gate_report/`.
@@ -65,7 +71,8 @@ def _when(record) -> dt.datetime:
 
 
 def gate_history(versions: list, current: str, metric: str) -> Figure:
-    """The gate metric of every version by run date: challenger, champion at that time, baseline; promotions marked.
+    """The gate metric of every version by run date: challenger, champion at that time, popularity baseline (versions
+    tagged `gate.baseline_score`); promotions marked.
 
     `versions`: ncf.status.VersionRecord list, oldest first; `current`: the version this report is about."""
     figure = Figure(figsize=(7.5, 3.4))
@@ -79,7 +86,8 @@ def gate_history(versions: list, current: str, metric: str) -> Figure:
                 markersize=5, zorder=2)
     baselines = [(d, v.baseline_score) for d, v in zip(dates, scored, strict=True) if v.baseline_score is not None]
     if baselines:
-        ax.plot(*zip(*baselines, strict=True), ":^", color=BASELINE_COLOR, label="baseline", markersize=5, zorder=1)
+        ax.plot(*zip(*baselines, strict=True), ":^", color=BASELINE_COLOR, label="popularity baseline", markersize=5,
+                zorder=1)
     promoted = [(d, v.challenger_score) for d, v in zip(dates, scored, strict=True) if v.promoted]
     if promoted:
         ax.scatter(*zip(*promoted, strict=True), s=220, marker="*", color=PROMOTED_COLOR, label="promoted", zorder=4)
@@ -192,6 +200,38 @@ def _coverage(name: str, cov: dict[str, int] | None) -> str:
         f"{cov['rows'] - cov['known_test_item']} unknown held-out items (misses)</li>")
 
 
+def _setting(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def candidates_table(summary: dict[str, Any] | None) -> str:
+    """The train step's model selection as an HTML table: one row per candidate family, its validation metrics
+    (every numeric `val_*` key), trials and settings; the chosen one marked. "" when there is no summary."""
+    candidates = (summary or {}).get("candidates") or {}
+    if not candidates:
+        return ""
+    chosen = summary.get("chosen")
+    metrics = sorted({k for c in candidates.values() for k, v in c.items()
+                      if k.startswith("val_") and isinstance(v, int | float) and not isinstance(v, bool)})
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
+    rows = []
+    for name, values in candidates.items():
+        mark = name == chosen
+        settings = values.get("settings") or {}
+        described = ", ".join(f"{k}={_setting(v)}" for k, v in sorted(settings.items())) if isinstance(
+            settings, dict) else str(settings)
+        cells = "".join(f"<td>{_cell(values, m)}</td>" for m in metrics)
+        trials = values.get("trials")
+        rows.append(f"<tr{' class=chosen' if mark else ''}><td>{html.escape(str(name))}"
+                    f"{' <b>&#9733; chosen</b>' if mark else ''}</td>{cells}"
+                    f"<td>{html.escape(str(trials)) if trials is not None else '&ndash;'}</td>"
+                    f"<td class=settings>{html.escape(described) or '&ndash;'}</td></tr>")
+    return (f"<h2>Model selection: candidates on validation</h2>\n<p>The train step compared these families on its "
+            f"validation split and chose <b>{html.escape(str(chosen or '?'))}</b>.</p>\n"
+            f"<table class=candidates><tr><th>candidate</th>{head}<th>trials</th><th>settings</th></tr>"
+            + "".join(rows) + "</table>")
+
+
 def render_html(report: dict[str, Any], figures: dict[str, str | None]) -> str:
     """gate.html: `report` is gate.json's content; `figures` maps a caption to an inline <svg> (None: a note why
     it is missing)."""
@@ -201,7 +241,7 @@ def render_html(report: dict[str, Any], figures: dict[str, str | None]) -> str:
     champion = f"v{report['champion_version']}" if report.get("champion_version") else "none"
     columns.append(("champion", f"champion {champion}", report.get("champion_metrics")))
     if report.get("baseline_metrics"):
-        columns.append(("baseline", "baseline", report["baseline_metrics"]))
+        columns.append(("baseline", f"baseline ({report.get('baseline', 'popularity')})", report["baseline_metrics"]))
     metrics = sorted(set().union(*(values or {} for _, _, values in columns)))
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in columns)
     rows = "".join(f"<tr><td>{html.escape(m)}</td>" + "".join(f"<td>{_cell(values, m)}</td>"
@@ -216,18 +256,24 @@ def render_html(report: dict[str, Any], figures: dict[str, str | None]) -> str:
            "version in this store</p>") + "</figure>"
         for caption, body in figures.items())
     name = html.escape(report["model_name"])
+    baseline_rule = baseline_line = ""
+    if report.get("baseline_score") is not None:
+        baseline_rule = f", min_baseline_gain {report.get('min_baseline_gain', 0.0)}"
+        baseline_line = (f" Popularity baseline (the partition's training interaction counts, the same rows): "
+                         f"{report['baseline_score']:.4f}.")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Gate: {name} v{report['version']}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}td,th{{padding:4px 12px;border-bottom:1px solid #ddd;
-text-align:right}}td:first-child,th:first-child{{text-align:left}}figure{{margin:1.5em 0}}figcaption{{font-weight:bold;
+text-align:right}}td:first-child,th:first-child,td.settings{{text-align:left}}tr.chosen{{background:#dafbe1}}figure{{margin:1.5em 0}}figcaption{{font-weight:bold;
 margin-bottom:.5em}}figure svg{{max-width:100%;height:auto}}.note{{color:#57606a}}</style></head><body>
 <h1 style="color:{color}">{verdict}: {name} v{report['version']}</h1>
 <p>{html.escape(report['reason'])}</p>
-<p>Gate metric <b>{html.escape(report['gate_metric'])}</b>, min_delta {report['min_delta']}, floor {report['floor']};
+<p>Gate metric <b>{html.escape(report['gate_metric'])}</b>, min_delta {report['min_delta']}, floor {report['floor']}{baseline_rule};
 scored on {report['num_users']} test users of <code>{html.escape(report['partition_uri'])}</code>.
-Champion before the gate: {champion}.</p>
+Champion before the gate: {champion}.{baseline_line}</p>
 <ul>{coverages}</ul>
 <p>Training partitions: {html.escape(partitions or "not checked")}</p>
-<table><tr><th>metric</th>{head}</tr>{rows}</table>
+<table class=scores><tr><th>metric</th>{head}</tr>{rows}</table>
+{candidates_table(report.get("challenger_candidates"))}
 {sections}
 <p><small>{html.escape(report['decided_at'])}</small></p></body></html>
 """

@@ -67,12 +67,14 @@ class RunSummary:
     gate_metric: str = ""
     challenger_score: float | None = None
     champion_score: float | None = None  # None: there was no champion (first model)
+    baseline_score: float | None = None  # the popularity baseline on the same rows (None: not reported)
 
     def scores(self) -> str:
         if self.challenger_score is None:
             return ""
         champion = "no champion" if self.champion_score is None else f"champion {self.champion_score:.4f}"
-        return f"{self.gate_metric}: challenger {self.challenger_score:.4f} vs {champion}"
+        baseline = "" if self.baseline_score is None else f", popularity {self.baseline_score:.4f}"
+        return f"{self.gate_metric}: challenger {self.challenger_score:.4f} vs {champion}{baseline}"
 
 
 def _log(console: Console, message: str) -> None:
@@ -148,7 +150,9 @@ def step_summary(task: str, outputs: dict[str, Any]) -> str:
     if task == "gate":
         report = _artifact_metadata(outputs, "report")
         verdict = "PROMOTED" if outputs.get("parameterValues", {}).get("Output") else "not promoted"
-        return f"v{report.get('version', '?')} {verdict}: {report.get('reason', '')}"
+        baseline = _metric(_artifact_metadata(outputs, "scores"), "baseline_")
+        scores = f" (popularity baseline {baseline[0]} {baseline[1]:.4f})" if baseline else ""
+        return f"v{report.get('version', '?')} {verdict}: {report.get('reason', '')}{scores}"
     if task == "deploy":
         return f"serving at {outputs.get('parameterValues', {}).get('Output', '?')}"
     if task == "recommend":
@@ -204,6 +208,7 @@ def run_once(pipeline: Callable[[], Any], arguments: dict[str, Any], pipeline_ro
         gate_metric=metric,
         challenger_score=scores.get(f"challenger_{metric}"),
         champion_score=scores.get(f"champion_{metric}"),
+        baseline_score=scores.get(f"baseline_{metric}"),
     )
 
 

@@ -1,5 +1,6 @@
 """A registry whose versions went through the real gate with every kind of decision, for the status and report
-tests: v1 first (promoted, no champion before), v2 rejected (below the floor), v3 promoted over v1, v4 a model
+tests: v1 first (promoted, no champion before), v2 rejected (below the floor), v3 promoted over v1 (its package
+records a model selection: `CANDIDATES`), v4 a model
 trained for real (ncf.train, logging to the same store, with two tuning trials as nested runs) and gated against
 the champion v3 (decision: whatever the gate says)."""
 
@@ -13,6 +14,11 @@ from tests.mlflow_fixtures import make_package, oracle_model
 from tests.tiny_data import make_partition, write_partition
 
 DATES = ("2026-11-24", "2026-11-25", "2026-11-26", "2026-11-27")
+# v3's package records the train step's model selection (metrics.json `candidates`), as a selecting train step does.
+CANDIDATES = {"candidates": {"chosen": "ease", "candidates": {
+    "ease": {"val_ndcg@10": 0.3912, "val_hr@10": 0.6301, "settings": {"ease_lambda": 250.0}, "trials": 8},
+    "ials": {"val_ndcg@10": 0.3507, "val_hr@10": 0.5893, "settings": {"ials_factors": 64}, "trials": 8},
+    "popularity": {"val_ndcg@10": 0.1204, "val_hr@10": 0.2750, "settings": {}, "trials": 1}}}}
 
 
 @dataclasses.dataclass
@@ -47,7 +53,8 @@ def build(root: Path) -> GatedStore:
         gated(make_package(str(root / "models" / "v1"), partitions[0], oracle_model(partitions[0], 2.0)), partitions[0]),
         gated(make_package(str(root / "models" / "v2"), partitions[1], oracle_model(partitions[1], 5.0)), partitions[1],
               floor=0.999),
-        gated(make_package(str(root / "models" / "v3"), partitions[2], oracle_model(partitions[2], 0.0)), partitions[2]),
+        gated(make_package(str(root / "models" / "v3"), partitions[2], oracle_model(partitions[2], 0.0),
+                           metrics={"ndcg@10": 0.9, **CANDIDATES}), partitions[2]),
     ]
     trained = train(TrainConfig(partition_uri=partitions[3].uri, output_uri=str(root / "models" / "v4"), epochs=3,
                                 batch_size=64, factor_num=8, num_layers=2, ensemble=1, patience=3, refit=False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tempfile
 
 import numpy as np
@@ -59,6 +60,63 @@ def test_never_promotes_a_worse_or_equal_model_property():
                                floor=float(rng.random() * 0.3))
         if decision.promoted and champion is not None:
             assert challenger > champion
+
+
+# ---- the popularity baseline in the rule ----
+
+
+@pytest.mark.parametrize(("challenger", "champion", "baseline", "min_baseline_gain", "promoted", "why"), [
+    (0.30, None, 0.35, 0.0, False, "not better than the popularity baseline 0.3500"),  # first model below popularity
+    (0.35, None, 0.35, 0.0, False, "not better than the popularity baseline"),         # equal: strictly, not promoted
+    (0.40, None, 0.35, 0.0, True, "first model: 0.4000 clears the floor 0.0000; +0.0500 over the popularity baseline"),
+    (0.40, None, 0.35, 0.10, False, "is +0.0500 against the popularity baseline 0.3500, below min_baseline_gain 0.1000"),
+    (0.50, 0.20, 0.45, 0.10, False, "below min_baseline_gain"),  # beats the champion, not popularity by the margin
+    (0.40, 0.20, 0.45, 0.0, False, "not better than the popularity baseline"),  # beats the champion, not popularity
+    (0.60, 0.50, 0.45, 0.10, True, "gain 0.1000 >= min_delta 0.0000; +0.1500 over the popularity baseline 0.4500"),
+    (0.40, 0.50, 0.30, 0.0, False, "not better than champion"),  # beats popularity, not the champion
+    (0.30, None, 0.35, -0.1, True, "first model"),  # a negative margin tolerates a model that much below popularity
+    (0.20, None, 0.35, -0.1, False, "below min_baseline_gain -0.1000"),
+    (0.40, None, float("nan"), 0.0, False, "baseline score is nan"),
+])
+def test_baseline_decisions(challenger, champion, baseline, min_baseline_gain, promoted, why):
+    decision = gate.decide(challenger, champion, min_delta=0.0, floor=0.0, baseline=baseline,
+                           min_baseline_gain=min_baseline_gain)
+    assert decision.promoted is promoted, decision
+    assert why in decision.reason, decision.reason
+    assert decision.baseline_gain == (None if math.isnan(baseline) else pytest.approx(challenger - baseline))
+
+
+def test_without_a_baseline_the_rule_is_unchanged():
+    assert gate.decide(0.3, None, min_delta=0.0, floor=0.0).baseline_gain is None
+    assert gate.decide(0.3, None, min_delta=0.0, floor=0.0, min_baseline_gain=0.5).promoted
+
+
+def test_the_floor_is_checked_before_the_baseline():
+    decision = gate.decide(0.1, None, min_delta=0.0, floor=0.2, baseline=0.5)
+    assert not decision.promoted and "below the floor" in decision.reason
+
+
+def test_a_non_finite_min_baseline_gain_is_refused():
+    for bad in (float("nan"), float("-inf")):
+        with pytest.raises(UserError, match="min_baseline_gain"):
+            gate.decide(0.3, None, min_delta=0.0, floor=0.0, baseline=0.2, min_baseline_gain=bad)
+
+
+def test_never_promotes_a_model_not_above_the_baseline_property():
+    rng = np.random.default_rng(11)
+    promoted = 0
+    for _ in range(5000):
+        baseline = float(rng.choice([rng.random(), 0.5]))
+        champion = None if rng.random() < 0.3 else float(rng.random())
+        challenger = float(rng.choice([rng.random(), 0.5, baseline]))
+        margin = float(rng.choice([0.0, rng.random() * 0.2]))
+        decision = gate.decide(challenger, champion, min_delta=0.0, floor=0.0, baseline=baseline,
+                               min_baseline_gain=margin)
+        if decision.promoted:
+            promoted += 1
+            assert challenger > baseline and challenger - baseline >= margin
+            assert champion is None or challenger > champion
+    assert promoted > 500  # the property is exercised, not vacuous
 
 
 def test_paired_bootstrap_separates_real_gains_from_noise():
@@ -231,6 +289,175 @@ def test_catalogue_shift_gives_a_decision(tmp_path):
     assert tags["gate.champion_native_rows"] == "0" and tags["gate.challenger_native_rows"] == "60"
     assert "0 of 60 rows ranked natively" in (tmp_path / "reports" / "gate" / f"ncf-v{result.version}"
                                                 / "gate.html").read_text()
+
+
+# ---- the popularity baseline: same rows, same candidates, the partition's training counts -----------------------
+
+
+def _hand_partition():
+    from ncf.data import Partition
+
+    a, b, c, d, e = range(5)
+    return Partition(
+        uri="memory://hand", train_users=np.asarray([0, 1, 2], dtype=np.int32),
+        train_items=np.asarray([a, e, d], dtype=np.int32), train_ts=np.zeros(3, dtype=np.int64),
+        test_users=np.asarray([0, 1, 2], dtype=np.int32), test_items=np.asarray([b, d, c], dtype=np.int32),
+        test_negatives=np.asarray([[a, c, d], [a, b, c], [a, b, e]], dtype=np.int32),
+        user_ids=np.asarray(["u0", "u1", "u2"], dtype=object),
+        item_ids=np.asarray(["a", "b", "c", "d", "e"], dtype=object), stats={})
+
+
+def test_baseline_is_the_partitions_training_counts_hand_checked():
+    """Counts of the training rows: a=1, d=1, e=1, b=0, c=0; the held-out item loses ties."""
+    sampled = gate.score_baseline(_hand_partition(), "ndcg@10")
+    # u0: b=0 vs a=1, d=1 (above), c=0 (tie)  -> rank 3
+    # u1: d=1 vs a=1 (tie), b=0, c=0           -> rank 1
+    # u2: c=0 vs a=1, e=1 (above), b=0 (tie)  -> rank 3
+    np.testing.assert_allclose(sampled.per_user, [1 / np.log2(5), 1 / np.log2(3), 1 / np.log2(5)])
+    assert sampled.coverage == gate.Coverage(rows=3, known_user=3, known_test_item=3, native=3)
+    # Full ranking, every partition item but the user's training items:
+    # u0 (trained a): b=0 vs d=1, e=1 (above), c=0 (tie) -> rank 3;  u1 (trained e): d=1 vs a=1 (tie) -> rank 1
+    # u2 (trained d): c=0 vs a=1, e=1 (above), b=0 (tie) -> rank 3
+    full = gate.score_baseline(_hand_partition(), "full_hr@2")
+    np.testing.assert_array_equal(full.per_user, [0.0, 1.0, 0.0])
+
+
+def _item_score_model(num_users: int, item_scores):
+    """A GMF with one factor whose logit for every user is `item_scores[item]`."""
+    import torch
+
+    from ncf.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec("GMF", num_users, len(item_scores), factor_num=1))
+    with torch.no_grad():
+        model.embed_user_GMF.weight.fill_(1.0)
+        model.embed_item_GMF.weight.copy_(torch.as_tensor(np.asarray(item_scores), dtype=torch.float32)[:, None])
+        model.predict_layer.weight.fill_(1.0)
+        model.predict_layer.bias.zero_()
+    return model.eval()
+
+
+def skewed_partition(uri: str, num_users: int = 80, num_items: int = 60, per_user: int = 8, num_neg: int = 20,
+                     seed: int = 0):
+    """A partition whose users pick items with Zipf-like popularity (held-out items too) and whose negatives are
+    uniform: popularity is a strong baseline here, as on real interaction logs."""
+    from ncf.data import Partition
+
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, num_items + 1) ** 1.1
+    train_u, train_i, test_i, negs = [], [], [], []
+    for u in range(num_users):
+        items = rng.choice(num_items, per_user + 1, replace=False, p=weights / weights.sum())
+        train_u += [u] * per_user
+        train_i += items[:per_user].tolist()
+        test_i.append(items[per_user])
+        negs.append(rng.choice(np.setdiff1d(np.arange(num_items), items), num_neg, replace=False))
+    return Partition(
+        uri=uri, train_users=np.asarray(train_u, dtype=np.int32), train_items=np.asarray(train_i, dtype=np.int32),
+        train_ts=rng.integers(0, 10_000, len(train_u)).astype(np.int64),
+        test_users=np.arange(num_users, dtype=np.int32), test_items=np.asarray(test_i, dtype=np.int32),
+        test_negatives=np.asarray(negs, dtype=np.int32),
+        user_ids=np.asarray([f"u{u}" for u in range(num_users)], dtype=object),
+        item_ids=np.asarray([f"i{i}" for i in range(num_items)], dtype=object),
+        stats={"schema_version": 1, "num_users": num_users, "num_items": num_items, "run_date": "2026-11-27"})
+
+
+@pytest.fixture(scope="module")
+def skewed(tmp_path_factory):
+    """A skewed partition and packages of known quality against popularity: reversed popularity (worst), random
+    scores (between), popularity's own ranking as an NCF package (equal) and a near-oracle (best)."""
+    from ncf.splits import Interactions
+
+    root = tmp_path_factory.mktemp("baseline-root")
+    partition = skewed_partition(str(root / "data" / "dt=2026-11-27"))
+    write_partition(partition, partition.uri)
+    counts = Interactions.of(partition).item_counts()
+    models = {"reversed": _item_score_model(partition.num_users, -counts),
+              "random": oracle_model(partition, noise=100.0, seed=3),
+              "popularity": _item_score_model(partition.num_users, counts),
+              "oracle": oracle_model(partition, noise=0.5, seed=4)}
+    packages = {name: make_package(str(root / "models" / name), partition, model) for name, model in models.items()}
+    return root, partition, packages
+
+
+def test_baseline_scores_like_a_package_that_ranks_by_the_partitions_counts(skewed):
+    """The baseline and an NCF package that ranks by the same counts go through the gate's scoring the same way:
+    the same rows, the same candidates, the same full-ranking sample."""
+    from ncf.evaluate import sample_rows
+    from ncf.package import load_package
+
+    _, partition, packages = skewed
+    for metric, users in (("ndcg@10", 0), ("full_ndcg@10", 25), ("full_hr@5", 0)):
+        (package,) = gate.score_packages([load_package(packages["popularity"])], partition, metric, users)
+        baseline = gate.score_baseline(partition, metric, users)
+        assert baseline.metrics == pytest.approx(package.metrics)
+        np.testing.assert_allclose(baseline.per_user, package.per_user)
+    assert baseline.metrics["full_eval_users"] == partition.test_users.size
+    sample = gate.score_baseline(partition, "full_ndcg@10", 25)
+    assert sample.per_user.shape == (25,) and sample.metrics["full_eval_users"] == 25
+    assert sample_rows(partition.test_users.size, 25).size == 25
+
+
+def test_the_gate_never_ships_a_model_worse_than_popularity(skewed, capsys):
+    """A first model below popularity is refused; one that beats the champion but not popularity (by
+    min_baseline_gain) is refused; one that beats both is promoted. Scores, tags, gate.json and gate.html carry the
+    baseline."""
+    root, partition, packages = skewed
+    tracking_uri = registry.default_tracking_uri(root)
+
+    def gated(name: str, **overrides) -> gate.GateResult:
+        return gate.run(gate.GateConfig(model_uri=packages[name], partition_uri=partition.uri, **overrides))
+
+    reversed_ = gated("reversed")
+    assert not reversed_.promoted and reversed_.champion_version is None
+    assert reversed_.challenger_score < reversed_.baseline_score
+    assert "not better than the popularity baseline" in reversed_.reason
+    assert registry.alias_version(tracking_uri, "ncf", "champion") is None
+    tags = registry.client(tracking_uri).get_model_version("ncf", reversed_.version).tags
+    assert tags["gate"] == "rejected" and tags["gate.baseline"] == "popularity"
+    assert float(tags["gate.baseline_score"]) == pytest.approx(reversed_.baseline_score, abs=1e-6)
+    report_dir = root / "reports" / "gate" / f"ncf-v{reversed_.version}"
+    report = json.loads((report_dir / "gate.json").read_text())
+    assert report["baseline_score"] == pytest.approx(report["baseline_metrics"]["ndcg@10"])
+    assert report["min_baseline_gain"] == 0.0 and report["challenger_candidates"] is None
+    assert {"hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10", "full_eval_users"} <= set(report["baseline_metrics"])
+    page = (report_dir / "gate.html").read_text()
+    assert "REJECTED" in page and "<th>baseline (popularity)</th>" in page and "Model selection" not in page
+
+    # Popularity's own ranking, shipped as an NCF package, ties the baseline: not promoted by default.
+    tie = gated("popularity")
+    assert not tie.promoted and tie.challenger_score == pytest.approx(tie.baseline_score)
+
+    # A champion from before the baseline rule (admitted here by an explicit negative margin).
+    tolerated = gated("reversed", min_baseline_gain=-1.0)
+    assert tolerated.promoted and "first model" in tolerated.reason
+
+    assert gate.main(["--model-uri", packages["random"], "--partition-uri", partition.uri]) == 0
+    line = capsys.readouterr().out
+    version = registry.alias_version(tracking_uri, "ncf", "challenger")
+    random_ = registry.client(tracking_uri).get_model_version("ncf", version.version).tags
+    challenger, champion, baseline = (float(random_[f"gate.{role}_score"])
+                                      for role in ("challenger", "champion", "baseline"))
+    assert champion < challenger < baseline  # beats the champion, not popularity
+    assert random_["gate"] == "rejected" and "not better than the popularity baseline" in random_["gate.reason"]
+    assert f"popularity baseline {baseline:.4f}" in line and "not promoted" in line
+    assert str(registry.alias_version(tracking_uri, "ncf", "champion").version) == tolerated.version
+
+    margin = gated("oracle", min_baseline_gain=0.99)
+    assert not margin.promoted and "below min_baseline_gain 0.9900" in margin.reason
+    assert margin.challenger_score > margin.baseline_score > margin.champion_score
+
+    best = gated("oracle")
+    assert best.promoted and best.challenger_score > best.baseline_score > best.champion_score
+    assert f"over the popularity baseline {best.baseline_score:.4f}" in best.reason
+    assert str(registry.alias_version(tracking_uri, "ncf", "champion").version) == best.version
+
+
+def test_gate_refuses_a_non_finite_min_baseline_gain(store, capsys):
+    _, partition, packages = store
+    assert gate.main(["--model-uri", packages["medium"], "--partition-uri", partition.uri,
+                      "--min-baseline-gain", "nan"]) == 2
+    assert "min_baseline_gain" in capsys.readouterr().err
 
 
 # ---- real gate runs (sqlite MLflow, local storage) -------------------------------------------------------------

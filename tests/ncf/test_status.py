@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from ncf import status
 from serving import deploy
 from tests.mlflow_fixtures import free_port
@@ -30,6 +32,7 @@ def test_each_decision_is_shown_as_the_gate_made_it(gated_store, capsys, monkeyp
         champion = "-" if result.champion_score is None else (f"{result.champion_score:.4f} "
                                                                f"(v{result.champion_version})")
         assert row[6] == champion, row
+        assert row[7] == f"{result.baseline_score:.4f}", row  # the popularity baseline on the same rows
         assert row[8] == f"dt={('2026-11-24', '2026-11-25', '2026-11-26', '2026-11-27')[int(result.version) - 1]}"
         assert row[10:] == ["01234567", "run-7"], row
         assert f"v{result.version} {expected[result.version].lower()}: {result.reason}" in text
@@ -50,6 +53,8 @@ def test_json_carries_the_same_facts(gated_store, capsys, monkeypatch, tmp_path)
     assert [by_version[str(i)]["decision"] for i in (1, 2, 3)] == ["first", "rejected", "promoted"]
     assert by_version["2"]["reason"].startswith("challenger") and "below the floor" in by_version["2"]["reason"]
     assert by_version["3"]["champion_version"] == "1" and by_version["1"]["champion_score"] is None
+    for result in gated_store.results:
+        assert by_version[result.version]["baseline_score"] == pytest.approx(result.baseline_score, abs=1e-6)
     assert by_version["4"]["train_run_id"] == gated_store.train_run_id
     assert by_version["4"]["partition_uri"].endswith("dt=2026-11-27") and by_version["4"]["git_commit"]
     assert data["champion"] in ("3", "4") and "champion" in by_version[data["champion"]]["aliases"]

@@ -138,11 +138,15 @@ def step_summary(task: str, outputs: dict[str, Any]) -> str:
                 f"{int(m.get('num_test', 0)):,} test rows)")
     if task == "train":
         metrics, package = _artifact_metadata(outputs, "metrics"), _artifact_metadata(outputs, "package")
-        parts = [str(package.get("model_type") or "model")]
+        # Model selection's winner when it ran (the family's name otherwise; NCF alone: its model type).
+        chosen = package.get("chosen_candidate")
+        model = (f"{chosen} chosen on validation" if chosen
+                 else package.get("model_type") if package.get("family", "ncf") == "ncf" else package.get("family"))
+        parts = [str(model or "model")]
         validation = _metric(metrics, "val_ndcg")
         if validation:
-            parts.append(f"best validation ndcg{validation[0]} {validation[1]:.4f} "
-                         f"(epoch {int(metrics.get('best_epoch', 0))})")
+            epoch = f" (epoch {int(metrics['best_epoch'])})" if "best_epoch" in metrics else ""
+            parts.append(f"validation ndcg{validation[0]} {validation[1]:.4f}{epoch}")
         hr, ndcg = _metric(metrics, "hr"), _metric(metrics, "ndcg")
         if hr and ndcg:
             parts.append(f"test hr{hr[0]} {hr[1]:.4f} ndcg{ndcg[0]} {ndcg[1]:.4f}")

@@ -31,6 +31,22 @@ def test_the_recommend_steps_line_shows_users_and_the_output(tmp_path):
     assert local_run.step_summary("recommend", skipped) == "skipped: no champion yet"
 
 
+def _train_outputs(metrics: dict, package: dict) -> dict:
+    return {"artifacts": {name: {"artifacts": [{"metadata": metadata}]}
+                          for name, metadata in (("metrics", metrics), ("package", package))}}
+
+
+def test_the_train_steps_line_names_the_model_that_was_exported():
+    scores = {"val_ndcg@10": 0.4518, "hr@10": 0.743, "ndcg@10": 0.4504}
+    chosen = _train_outputs(scores, {"model_type": "NeuMF", "family": "ials", "chosen_candidate": "ials"})
+    assert local_run.step_summary("train", chosen) == (
+        "ials chosen on validation, validation ndcg@10 0.4518, test hr@10 0.7430 ndcg@10 0.4504")
+    ncf_alone = _train_outputs({**scores, "best_epoch": 3}, {"model_type": "GMF", "family": "ncf"})
+    assert local_run.step_summary("train", ncf_alone).startswith("GMF, validation ndcg@10 0.4518 (epoch 3)")
+    another_family = _train_outputs(scores, {"model_type": "NeuMF", "family": "ease", "chosen_candidate": ""})
+    assert local_run.step_summary("train", another_family).startswith("ease, ")
+
+
 def test_bad_run_date_missing_input_and_bad_port_are_user_errors(tmp_path, capsys):
     assert local_run.main(["--storage-root", str(tmp_path), "--run-date", "2026-13-01"]) == 2
     assert "--run-date '2026-13-01': expected YYYY-MM-DD" in capsys.readouterr().err

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # GPU training throughput check: NeuMF (factor 64, MLP 256-256-128-64, batch 2^20, bf16) on synthetic
 # ML-20M-sized data generated on the GPU; then the train step on the GPU for every model family
-# (bench/gpu_families.py: fit, evaluation on the device, export, reload). Offline (downloads nothing), finishes in
-# < 8 minutes on one H100/H200, prints the figures and appends them to bench/RESULTS.md.
+# (bench/gpu_families.py: fit, evaluation on the device, export, reload); then the path users run on the GPU
+# (bench/gpu_pipeline.sh: 2M synthetic events -> partition -> `ncfctl train` with the default recipe ->
+# `ncfctl recommend` for every user). Offline (downloads nothing), finishes in < 14 minutes on one H100/H200,
+# prints the figures and appends the training ones to bench/RESULTS.md.
 #   bench/gpu_check.sh                 # eager, then torch.compile (each capped at 140 s)
 #   PYTHON=/opt/venv/bin/python bench/gpu_check.sh --epochs 5
 set -euo pipefail
@@ -29,4 +31,5 @@ timeout 140 "$PY" bench/gpu_train.py "$@" || status=$?
 timeout 140 "$PY" bench/gpu_train.py --compile "$@" \
   || echo "note: the torch.compile variant failed or timed out; the eager figure above stands" >&2
 timeout 200 "$PY" bench/gpu_families.py || status=$?
+PYTHON="$PY" timeout 330 bench/gpu_pipeline.sh || status=$?
 exit "$status"

@@ -116,20 +116,22 @@ def s3_env(endpoint: str) -> dict[str, str]:
     }
 
 
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90, what: str = "server") -> None:
+    """Until `url` answers 200; fails with the tail of `log` when `proc` exits or `timeout` passes."""
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+            raise AssertionError(f"{what} exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"mlflow server not healthy after {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{what}: {url} not 200 after {timeout:.0f}s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="session")
@@ -157,7 +159,7 @@ def mlflow_server(postgres_url, moto_server):
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(url + "/health", proc, log, timeout=120)
+        wait_http(url + "/health", proc, log, timeout=120, what="mlflow server")
         yield url, bucket
     finally:
         stop_process_group(proc)

@@ -9,13 +9,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from tests.conftest import REPO_ROOT
 from tests.manifests.validation import MANIFESTS, build
-from tests.mlflow_fixtures import free_port, stop_process_group
+from tests.mlflow_fixtures import free_port, stop_process_group, wait_http
 
 
 def _tiny_package(directory: Path) -> Path:
@@ -62,16 +61,7 @@ def test_predictor_starts_with_the_runtime_args_and_answers_its_probes(tmp_path)
         proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, f"predictor exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
-            try:
-                if _get(f"http://127.0.0.1:{port}{readiness}") == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"not ready after 90 s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.3)
+        wait_http(f"http://127.0.0.1:{port}{readiness}", proc, log, what="predictor")
         assert _get(f"http://127.0.0.1:{port}{healthcheck.group(1)}") == 200
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/models/{name}:predict",

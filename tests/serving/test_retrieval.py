@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np
@@ -26,7 +25,7 @@ from ncf.retrieval import RetrievalSettings, Retriever, build_index, package_set
 from serving.predictor import NCFModel
 from serving.recommender import Recommender
 from tests.conftest import REPO_ROOT
-from tests.mlflow_fixtures import assert_top_k, free_port, reference_ranking, stop_process_group
+from tests.mlflow_fixtures import assert_top_k, free_port, reference_ranking, stop_process_group, wait_http
 from tests.tiny_data import make_partition
 
 NUM_USERS, NUM_ITEMS = 40, 400
@@ -249,17 +248,7 @@ def ann_server(package, tmp_path_factory):
                                 env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, f"predictor exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"{url}/v2/models/ncf/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"not ready after 90 s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.3)
+        wait_http(f"{url}/v2/models/ncf/ready", proc, log, what="predictor")
         yield url, log
     finally:
         stop_process_group(proc)

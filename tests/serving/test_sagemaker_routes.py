@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -19,7 +18,7 @@ from ncf.config import add_arguments, from_namespace
 from serving.sagemaker_routes import SAGEMAKER_COMMAND, SAGEMAKER_MODEL_DIR, SAGEMAKER_PORT, sagemaker_argv
 from serving.server import ServeConfig
 from tests.conftest import REPO_ROOT
-from tests.mlflow_fixtures import free_port, make_package, oracle_model, stop_process_group
+from tests.mlflow_fixtures import free_port, make_package, oracle_model, stop_process_group, wait_http
 from tests.tiny_data import make_partition
 
 
@@ -65,16 +64,7 @@ def sagemaker_endpoint(tmp_path_factory):
                                 env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "MODEL_NAME": "recs"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, f"predictor exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
-            try:
-                if _call("GET", f"{url}/ping")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"/ping not 200 after 90 s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.3)
+        wait_http(f"{url}/ping", proc, log, what="predictor")
         yield url, partition
     finally:
         stop_process_group(proc)

@@ -122,8 +122,9 @@ class TrainConfig:
     checkpoint_uri: str = param("", "checkpoint directory; default: <output_uri>.checkpoint")
     progress: str = param("auto", "progress bar: auto (when stderr is a terminal), on, off", choices=("auto", "on", "off"))
     # Model families (ncf.families) and their settings; defaults hand-picked (docs/training.md).
-    family: str = param("ncf", "model family when --candidates is empty: ncf (GMF / MLP / NeuMF), ease (closed "
-                               "form), ials (implicit ALS), popularity", choices=tuple(families.FAMILIES))
+    family: str = param("ncf", "model family to train alone, without model selection: ncf (GMF / MLP / NeuMF; "
+                               "with --candidates ''), ease (closed form), ials (implicit ALS), popularity (these "
+                               "three turn the default candidates off)", choices=tuple(families.FAMILIES))
     # Model selection (ncf/selection.py): defaults measured on ML-100K (docs/training.md, "Model selection").
     candidates: str = param(DEFAULT_CANDIDATES, "models to choose from on the validation split, comma-separated: "
                             "families (ncf = --model, ease, ials, popularity) or NCF model types (GMF, MLP, NeuMF); "
@@ -824,6 +825,11 @@ def run(config: TrainConfig) -> TrainResult:
 
     config = apply_preset(config)
     _validate(config)
+    if config.family != "ncf" and config.candidates:
+        if config.candidates != DEFAULT_CANDIDATES:
+            raise UserError(f"family {config.family!r} and candidates {config.candidates!r}: choose one (a family "
+                            "is trained alone; candidates are chosen among on the validation split)")
+        config = dataclasses.replace(config, candidates="")  # another family asked for by name: train it alone
     candidates = selection.parse_candidates(config.candidates, config.model) if config.candidates else []
     if candidates:
         _selection_errors(config, candidates)

@@ -222,3 +222,15 @@ def test_a_candidate_that_cannot_fit_drops_out_and_the_others_compete(capsys):
     assert "[select] ease: every trial failed" in capsys.readouterr().err
     with pytest.raises(UserError, match="candidates: every candidate failed to fit: ease: trial 0"):
         _select(clustered_partition(), "ease", memory_budget=4096, tune_trials=1)
+
+
+def test_a_family_named_alone_turns_the_default_candidates_off(tmp_path):
+    partition = clustered_partition(uri=str(tmp_path / "data" / "dt=2026-11-27"))
+    partition_uri = write_partition(partition, partition.uri)
+    result = run(TrainConfig(partition_uri=partition_uri, output_uri=str(tmp_path / "ease"), family="ease",
+                             progress="off"))
+    assert result.metrics["family"] == "ease" and "candidates" not in result.metrics
+    with pytest.raises(UserError, match="family 'ease' and candidates 'GMF,ials': choose one"):
+        run(TrainConfig(partition_uri=partition_uri, output_uri=str(tmp_path / "both"), family="ease",
+                        candidates="GMF,ials", progress="off"))
+    assert not (tmp_path / "both").exists()

@@ -58,14 +58,14 @@ def synthetic_partition(num_users: int, num_items: int, per_user: int, seed: int
         stats={"run_date": "2026-01-01"})
 
 
-def default_package(directory: Path, partition: Partition, seed: int, members: int) -> str:
+def default_package(directory: Path, partition: Partition, seed: int, members: int, model: str = "NeuMF") -> str:
     from ncf.families.ncf import export
     from ncf.models import ModelSpec, build_model
     from ncf.package import package_tables, save_package
 
     torch.manual_seed(seed)
-    model = build_model(ModelSpec("NeuMF", partition.num_users, partition.num_items, 32, 2, members=members))
-    return save_package(directory, export(model.eval()), **package_tables(partition), metrics={})
+    net = build_model(ModelSpec(model, partition.num_users, partition.num_items, 32, 2, members=members))
+    return save_package(directory, export(net.eval()), **package_tables(partition), metrics={})
 
 
 class Clock:

@@ -1,13 +1,15 @@
 """Throughput and peak memory of the nightly top-K step (ncf/recommend.py) at growing sizes, on synthetic packages.
 
     .venv/bin/python bench/recommend.py --users 10000 --items 20000                   # every user
-    .venv/bin/python bench/recommend.py --users 1000000 --items 200000 --slice-users 2000   # issue 14's size, timed
-                                                                                       # on a slice of users
+    .venv/bin/python bench/recommend.py                                               # issue 14's size: 1M x 200k,
+                                                                                       # GMF x3, two-stage (auto)
+    .venv/bin/python bench/recommend.py --model NeuMF --retrieval exact --slice-users 2000   # timed on a slice
     .venv/bin/python bench/recommend.py --quick                                       # 10k x 20k, a smoke check
 
-Builds a synthetic partition (--per-user Zipf-popular training items per user) and one package of the default
-model (NeuMF, factor 32, 2 MLP layers, a seed ensemble of --members; random weights: the cost does not depend on
-them) written through ncf/package.py's writers, WITHOUT training. Then runs the step as the pipeline does, in a
+Builds a synthetic partition (--per-user Zipf-popular training items per user) and one package of --model (GMF,
+the family model selection exports at this size: EASE refuses 200k items and iALS scores alike; or NeuMF; factor 32,
+2 MLP layers, a seed ensemble of --members; random weights: the cost does not depend on them) written through
+ncf/package.py's writers (the retrieval index included), WITHOUT training. Then runs the step as the pipeline does, in a
 subprocess (`python -m ncf.recommend --model-uri <package> --output-uri <dir> ...`, every core of this process,
 --device as given), and reports its wall time, its throughput in users/s and scored (user, item) pairs/s, and its
 peak RSS (the subprocess alone: ru_maxrss of the waited child). With --slice-users N only users [0, N) are scored
@@ -47,9 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--chunk-users", type=int, default=20_000)
     parser.add_argument("--slice-users", type=int, default=0, help="score only users [0, N) and extrapolate; 0: all")
-    parser.add_argument("--candidates", type=int, default=0,
-                        help="the step's --candidates (0: exact); > 0 also measures recall@K against the exact "
-                             "ranking on --recall-users users")
+    parser.add_argument("--model", default="GMF", choices=("GMF", "NeuMF"))
+    parser.add_argument("--retrieval", default="auto", choices=("auto", "exact", "ann"),
+                        help="the step's --retrieval; when it takes the two-stage path, the overlap of its top-K with "
+                             "the exact ranking is measured on --recall-users users")
+    parser.add_argument("--retrieval-candidates", type=int, default=0, help="the step's (0: the package's)")
+    parser.add_argument("--retrieval-nprobe", type=int, default=0, help="the step's (0: the package's)")
     parser.add_argument("--recall-users", type=int, default=200)
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--workdir", default="", help="where the package and output go (default: a temp dir)")
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{process_cores()} cores, device {device}, torch {torch.__version__}, load average "
               f"{os.getloadavg()[0]:.1f})")
     report = (f"\n{header}\n\n`{command}`: {args.users:,} users x {args.items:,} items, {args.per_user} seen items "
-              f"per user, NeuMF x{args.members} (synthetic package, not trained), K = {args.k}\n\n{table(rows)}\n")
+              f"per user, {args.model} x{args.members} (synthetic package, not trained), K = {args.k}\n\n{table(rows)}\n")
     publish(report, args.results)
     return 0
 
@@ -80,7 +85,7 @@ def _measure(args, tmp: Path) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     started = time.perf_counter()
     partition = synthetic_partition(args.users, args.items, args.per_user)
-    package = default_package(tmp / "models" / "synthetic", partition, 0, args.members)
+    package = default_package(tmp / "models" / "synthetic", partition, 0, args.members, args.model)
     del partition
     size = sum(f.stat().st_size for f in Path(package).iterdir()) / 2**30
     rows.append(("setup: synthetic package written (not part of the step)",
@@ -92,7 +97,8 @@ def _measure(args, tmp: Path) -> list[tuple[str, str]]:
     chunk = min(args.chunk_users, users)
     cmd = [sys.executable, "-m", "ncf.recommend", "--model-uri", str(package), "--output-uri", str(output),
            "--recommend-k", str(args.k), "--chunk-users", str(chunk), "--device", args.device,
-           "--candidates", str(args.candidates)]
+           "--retrieval", args.retrieval, "--retrieval-candidates", str(args.retrieval_candidates),
+           "--retrieval-nprobe", str(args.retrieval_nprobe)]
     if args.slice_users:
         cmd += ["--user-range", f"0:{users}"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -105,10 +111,12 @@ def _measure(args, tmp: Path) -> list[tuple[str, str]]:
     rss = after.ru_maxrss / 2**20
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     line = proc.stdout.strip().splitlines()[-1]
-    mode = "exact (score_all)" if not args.candidates else f"{args.candidates} inner-product candidates, re-ranked"
+    settings = _retrieval(args, Path(package))
+    mode = "exact (score_all)" if settings is None else \
+        f"two-stage: {settings.candidates} candidates from the IVF index (nprobe {settings.nprobe}), re-ranked"
     rows.append((f"step wall time, {users:,} users, {mode} (process start, package load, scoring, Parquet, "
                  f"publish)", f"{seconds:.1f} s ({cpu:.1f} CPU s)"))
-    pairs = users * (args.candidates or args.items)
+    pairs = users * (settings.candidates if settings is not None else args.items)
     rows.append(("throughput", f"{users / seconds:,.1f} users/s; {pairs / seconds / 1e6:,.3f}M (user, item) pairs "
                                f"through the family's scorer per s, {pairs / max(cpu, 1e-9) / 1e6:,.3f}M per CPU s"))
     if args.slice_users and users < args.users:
@@ -117,21 +125,34 @@ def _measure(args, tmp: Path) -> list[tuple[str, str]]:
     else:
         rows.append(("**all users**", f"**{seconds / 60:.2f} min**"))
     rows.append(("peak RSS of the step's process", f"{rss:.2f} GB"))
-    if args.candidates:
-        rows.append((f"recall@{args.k} against the exact ranking ({min(args.recall_users, users):,} users)",
+    if settings is not None:
+        rows.append((f"overlap of the top-{args.k} with the exact ranking (recall@{args.k}; "
+                     f"{min(args.recall_users, users):,} users)",
                      f"{_recall(args, package, output, tmp, min(args.recall_users, users)):.4f}"))
     rows.append(("step's own line", line.replace(str(tmp), "<tmp>").replace("|", "/")))
     return rows
 
 
+def _retrieval(args, package: Path):
+    """The retrieval settings the step runs with (the package's config.json under the flags), None when exact."""
+    import json
+
+    from ncf.retrieval import package_settings
+
+    settings = package_settings(json.loads((package / "config.json").read_text())).replace(
+        mode=args.retrieval, candidates=args.retrieval_candidates, nprobe=args.retrieval_nprobe)
+    inner_product = {"GMF": "exact", "NeuMF": "partial"}[args.model]
+    return settings if args.device == "cpu" and settings.two_stage(args.items, inner_product) else None
+
+
 def _recall(args, package: str, output: Path, tmp: Path, users: int) -> float:
-    """Mean |top-K by candidates ∩ exact top-K| / K over users [0, users) (the exact ranking computed here)."""
+    """Mean |two-stage top-K ∩ exact top-K| / K over users [0, users) (the exact ranking computed here)."""
     import pyarrow.parquet as pq
 
     exact = tmp / "exact" / "dt=2026-01-01"
     subprocess.run([sys.executable, "-m", "ncf.recommend", "--model-uri", package, "--output-uri", str(exact),
                     "--recommend-k", str(args.k), "--chunk-users", str(users), "--user-range", f"0:{users}",
-                    "--device", args.device], cwd=REPO, check=True, capture_output=True)
+                    "--device", args.device, "--retrieval", "exact"], cwd=REPO, check=True, capture_output=True)
 
     def top(root: Path) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}

@@ -15,14 +15,16 @@ How it runs, memory bounded whatever the number of users: users are scored in ch
 ~16M scores at once, i.e. 64 MB of float32, the seen items masked to -inf, `torch.topk`), each chunk becomes one
 Parquet part; on every core (`ncf.ranking.all_cores`), on CUDA when available (`device`).
 
-Cost: exact scoring is num_users x num_items scores of the family (NeuMF: the MLP tower for every pair); for
-families with inner-product vectors `candidates` C > 0 first retrieves the C best items per user by
-`user_vectors() . item_vectors()` (one matmul, seen items masked) and re-ranks only those with `score_candidates`:
-the same top-K for `inner_product == "exact"` families (GMF, iALS), an approximation for NeuMF ("partial": recall
-against the exact ranking is measured by bench/recommend.py). Families without vectors always score exactly.
+Cost: exact scoring is num_users x num_items scores of the family (NeuMF: the MLP tower for every pair; GMF / iALS
+one matmul). Large catalogues take the predictor's two-stage path instead (`ncf.retrieval`, the same settings as
+`ncfctl serve`: the package's config.json "retrieval", then `--retrieval*` flags): for families with inner-product
+vectors, from `threshold` items on (100,000), each user's `candidates` best unseen items come from the package's IVF
+index (FAISS, batched over users) and are re-ranked with `score_candidates`, so the rows and scores are the family's
+own and the seen items never appear. On CUDA, `auto` stays exact (a GPU scores every item faster than the CPU index
+searches). bench/recommend.py measures both paths and the overlap of their top-K.
 
 Resume: the parts go to a staging directory next to the output, keyed by the output and a fingerprint of the model
-(sha256 of the package files) and the settings that shape the parts (K, exclude_seen, chunk_users, candidates):
+(sha256 of the package files) and the settings that shape the parts (K, exclude_seen, chunk_users, retrieval):
 `<root>/recommendations/_staging/dt=YYYY-MM-DD-<fingerprint>/` (contracts.recommendations_staging_uri). Each part
 is written atomically (temp + rename locally, one PUT on S3), so a run killed at any point leaves only whole parts;
 the next run with the same model and settings skips them and computes the rest. When every part of the output is
@@ -57,6 +59,7 @@ import torch
 from ncf import contracts, registry, storage
 from ncf.config import add_arguments, from_namespace, param
 from ncf.errors import UserError, exit_on_user_error
+from ncf.retrieval import RetrievalSettings, Retriever, package_settings
 
 # Scores materialised by one score_all call (64 MB of float32), as in ncf.ranking.
 SCORES_PER_BATCH = 1 << 24
@@ -77,10 +80,11 @@ class RecommendConfig:
     recommend_k: int = param(10, "items recommended per user by the nightly batch (top-K, seen items excluded)",
                              pipeline=True)
     exclude_seen: bool = param(True, "leave out each user's training items (the package's seen CSR)")
-    candidates: int = param(0, "0: exact, every item scored (score_all). C > 0, for families with inner-product "
-                               "vectors: the C best items by user_vectors . item_vectors, re-ranked with "
-                               "score_candidates: exact when inner_product is 'exact' (GMF, iALS; C >= K), an "
-                               "approximation for 'partial' (NeuMF); families without vectors stay exact")
+    retrieval: str = param("", "whole-catalogue ranking, as the predictor serves: auto (two-stage from the package's "
+                               "threshold, 100000 items, on CPU), exact (score every item), ann (two-stage); "
+                               "default: the package's config.json, else auto", choices=("", "auto", "exact", "ann"))
+    retrieval_candidates: int = param(0, "two-stage: items retrieved per user and re-ranked (0: the package's / 1000)")
+    retrieval_nprobe: int = param(0, "two-stage: IVF lists searched per user (0: the package's / 64)")
     chunk_users: int = param(20_000, "users per Parquet part: the unit of streaming, resume and sharding")
     num_shards: int = param(1, "split the users into this many shards (one run / pod each)")
     shard_index: int = param(0, "which shard this run computes (0 .. num_shards - 1)")
@@ -161,6 +165,13 @@ def _scorer_on(package, device: torch.device):
     return families.get(package.family).load(weights, package.config, package)
 
 
+def _retrieval_settings(config: RecommendConfig, package, device: torch.device) -> RetrievalSettings:
+    """The package's retrieval settings under this run's flags; `auto` on CUDA means exact."""
+    settings = package_settings(package.config).replace(
+        mode=config.retrieval, candidates=config.retrieval_candidates, nprobe=config.retrieval_nprobe)
+    return settings.replace(mode="exact") if device.type == "cuda" and settings.mode == "auto" else settings
+
+
 # ---- chunks -------------------------------------------------------------------------------------------------------
 
 
@@ -193,20 +204,6 @@ def share(chunks: list[tuple[int, int]], config: RecommendConfig, num_users: int
     return chunks[config.shard_index * n // config.num_shards:(config.shard_index + 1) * n // config.num_shards]
 
 
-class Retrieval:
-    """Candidates by inner product (`Scorer.user_vectors() @ item_vectors().T`), re-ranked by `score_candidates`.
-
-    The user vectors are materialised once ([num_users, d] float32: 384 MB for 1M users of a NeuMF x3 package)."""
-
-    def __init__(self, scorer, candidates: int):
-        self.users = scorer.user_vectors().float()
-        self.items_t = scorer.item_vectors().float().t().contiguous()
-        self.candidates = min(candidates, scorer.num_items)
-
-    def scores(self, users: torch.Tensor) -> torch.Tensor:
-        return self.users[users] @ self.items_t
-
-
 def _mask_seen(scores: torch.Tensor, package, b_lo: int, b_hi: int) -> None:
     """-inf for the seen items of users b_lo..b_hi-1 (contiguous: their seen items are one slice of the CSR)."""
     indptr, indices = package.seen_indptr, package.seen_indices
@@ -216,41 +213,42 @@ def _mask_seen(scores: torch.Tensor, package, b_lo: int, b_hi: int) -> None:
 
 
 def top_k_table(scorer, package, lo: int, hi: int, k: int, exclude_seen: bool, user_ids, item_ids, progress=None,
-                retrieval: Retrieval | None = None):
+                retriever: Retriever | None = None):
     """The recommendations of users lo..hi-1 as an Arrow table (the output's schema)."""
     import pyarrow as pa
 
     num_items = scorer.num_items
     k_eff = min(k, num_items)
-    batch = max(1, SCORES_PER_BATCH // max(1, num_items))
+    width = num_items if retriever is None else retriever.size
+    batch = max(1, SCORES_PER_BATCH // max(1, width))
     values_out, items_out = [], []
     for b_lo in range(lo, hi, batch):
         b_hi = min(b_lo + batch, hi)
         users = torch.arange(b_lo, b_hi, device=scorer.device)
-        if retrieval is None:
+        if retriever is None:
             scores = torch.nan_to_num(scorer.score_all(users).float(), nan=float("-inf"))
             if exclude_seen:
                 _mask_seen(scores, package, b_lo, b_hi)
             top = torch.topk(scores, k_eff, dim=1)
             values, items = top.values, top.indices
         else:
-            product = torch.nan_to_num(retrieval.scores(users), nan=float("-inf"))
-            if exclude_seen:
-                _mask_seen(product, package, b_lo, b_hi)
-            found = torch.topk(product, max(k_eff, retrieval.candidates), dim=1)
-            scores = torch.nan_to_num(scorer.score_candidates(users, found.indices).float(), nan=float("-inf"))
-            scores[found.values == float("-inf")] = float("-inf")  # seen items stay out
-            top = torch.topk(scores, k_eff, dim=1)
-            values, items = top.values, found.indices.gather(1, top.indices)
+            seen = [package.seen_items(u) if exclude_seen else None for u in range(b_lo, b_hi)]
+            found, valid = retriever.candidates(np.arange(b_lo, b_hi), seen)
+            found = torch.as_tensor(found, device=scorer.device)
+            scores = torch.nan_to_num(scorer.score_candidates(users, found).float(), nan=float("-inf"))
+            scores[~torch.as_tensor(valid, device=scorer.device)] = float("-inf")  # empty slots stay out
+            top = torch.topk(scores, min(k_eff, found.shape[1]), dim=1)
+            values, items = top.values, found.gather(1, top.indices)
         values_out.append(values.cpu().numpy())
         items_out.append(items.cpu().numpy())
         if progress is not None:
             progress.update(b_hi - b_lo)
-    values = np.concatenate(values_out) if values_out else np.empty((0, k_eff), np.float32)
-    items = np.concatenate(items_out) if items_out else np.empty((0, k_eff), np.int64)
+    width = values_out[0].shape[1] if values_out else k_eff
+    values = np.concatenate(values_out) if values_out else np.empty((0, width), np.float32)
+    items = np.concatenate(items_out) if items_out else np.empty((0, width), np.int64)
     keep = (values != -np.inf).ravel()  # seen (or NaN) items are never recommended; they sort last
-    user_idx = np.repeat(np.arange(lo, hi), k_eff)[keep]
-    ranks = np.tile(np.arange(1, k_eff + 1, dtype=np.int32), hi - lo)[keep]
+    user_idx = np.repeat(np.arange(lo, hi), width)[keep]
+    ranks = np.tile(np.arange(1, width + 1, dtype=np.int32), hi - lo)[keep]
     return pa.table({
         "user_id": user_ids.take(pa.array(user_idx, pa.int64())),
         "rank": pa.array(ranks, pa.int32()),
@@ -324,17 +322,21 @@ def run(config: RecommendConfig) -> RecommendResult:
 
     started = time.perf_counter()
     output = _validate(config)
-    if config.candidates < 0:
-        raise UserError(f"candidates: must be >= 0, got {config.candidates}")
-    settings = {"k": config.recommend_k, "exclude_seen": config.exclude_seen, "chunk_users": config.chunk_users,
-                "candidates": config.candidates}
+    for name in ("retrieval_candidates", "retrieval_nprobe"):
+        if getattr(config, name) < 0:
+            raise UserError(f"{name}: must be >= 0 (0: the package's setting), got {getattr(config, name)}")
     with _local_package(config) as found:
         if found is None:
             return RecommendResult(output, False, 0, 0, 0, 0, 0, "", "", time.perf_counter() - started,
                                    skipped=f"no champion of {config.model_name!r} yet: nothing to recommend")
         directory, label = found
-        fingerprint = package_fingerprint(directory, settings)
         package = load_package(directory)
+        device = _device(config.device)
+        retrieval = _retrieval_settings(config, package, device)
+        two_stage = retrieval.two_stage(package.scorer.num_items, package.scorer.inner_product)
+        fingerprint = package_fingerprint(directory, {
+            "k": config.recommend_k, "exclude_seen": config.exclude_seen, "chunk_users": config.chunk_users,
+            "retrieval": retrieval.to_dict() if two_stage else "exact"})
     num_users = len(package.user_ids)
     chunks = chunks_of(num_users, config.chunk_users)
     mine = share(chunks, config, num_users)
@@ -358,9 +360,9 @@ def run(config: RecommendConfig) -> RecommendResult:
         import pyarrow as pa
         from tqdm import tqdm
 
-        device = _device(config.device)
         scorer = _scorer_on(package, device)
-        retrieval = Retrieval(scorer, config.candidates) if config.candidates and scorer.inner_product else None
+        # The index is searched on CPU (faiss-cpu) with the package's own scorer; `scorer` re-ranks on `device`.
+        retriever = Retriever.for_package(package, retrieval) if two_stage else None
         user_ids = pa.array(package.user_ids, pa.string())
         item_ids = pa.array(package.item_ids, pa.string())
         # disable=None: a bar only when stderr is a terminal (pipeline logs get the result line only).
@@ -368,14 +370,14 @@ def run(config: RecommendConfig) -> RecommendResult:
                                             desc="recommend", disable=None, file=sys.stderr) as bar:
             for lo, hi in todo:
                 table = top_k_table(scorer, package, lo, hi, config.recommend_k, config.exclude_seen, user_ids,
-                                    item_ids, bar, retrieval)
+                                    item_ids, bar, retriever)
                 storage.write_bytes(storage.join(staging, part_name(lo, hi)), _parquet_bytes(table))
                 rows += table.num_rows
     published = _publish_if_complete(output, staging, chunks, fingerprint, {
         "schema_version": contracts.RECOMMENDATIONS_SCHEMA_VERSION, "model": label,
         "model_name": config.model_name, "family": package.family, "fingerprint": fingerprint,
         "recommend_k": config.recommend_k, "exclude_seen": config.exclude_seen, "chunk_users": config.chunk_users,
-        "candidates": config.candidates if config.candidates and package.scorer.inner_product else 0,
+        "retrieval": retrieval.to_dict() if two_stage else "exact",
         "num_users": num_users, "num_items": len(package.item_ids),
         "parts": [part_name(*c) for c in chunks], "columns": list(contracts.RECOMMENDATIONS_COLUMNS),
     })

@@ -20,6 +20,9 @@ from ncf.models import NCF, ModelSpec, NCFEnsemble
 # Upper bound on the [users, items, hidden] activations materialised at once (floats): 4 MB, so a chunk's tower
 # runs in cache; measured 1.9x (candidates) to 2.7x (all items) faster per pair than 256 MB chunks on 50k items.
 ACTIVATION_BUDGET = 1 << 20
+# Scores per matmul when there is no tower (GMF): a matrix product over many users, not one GEMV per user (6x faster
+# per pair at 200k items: 1.6 ms against 10 ms per user, 2 cores); 64 MB of float32, as ncf.recommend's batches.
+SCORES_BUDGET = 1 << 24
 
 
 def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -105,7 +108,7 @@ class ItemScorer(Scorer):
 
     def _score(self, users: torch.Tensor, items: torch.Tensor | None, span: slice = slice(None)) -> torch.Tensor:
         """items None: the items in `span` ([B, len(span)]); else per-user candidates [B, C]."""
-        out = self.bias.expand(1, 1)
+        out = None
         b = len(users)
         if items is not None:
             flat = items.reshape(-1)  # index_select gathers rows ~2x faster than advanced indexing
@@ -116,7 +119,7 @@ class ItemScorer(Scorer):
             else:
                 gmf = torch.bmm(self.item_gmf.index_select(0, flat).view(b, items.shape[1], -1),
                                 user_gmf[:, :, None]).view(b, -1)
-            out = out + gmf
+            out = gmf
         if self.item_first is not None:
             user_first = torch.bmm(self.user_mlp[:, users].float(), self.user_first)  # [K, B, h1]
             if items is None:
@@ -128,8 +131,9 @@ class ItemScorer(Scorer):
             h = torch.relu_(h.view(k, b * n, -1))
             for weight, bias in self.tower:
                 h = torch.relu_(torch.baddbmm(bias, h, weight))
-            out = out + torch.bmm(h, self.mlp_weight).sum(dim=0).view(b, n)
-        return out
+            tower = torch.bmm(h, self.mlp_weight).sum(dim=0).view(b, n)
+            out = tower if out is None else out.add_(tower)
+        return out.add_(self.bias)  # in place: no second [B, N] pass
 
     def _as_index(self, x) -> torch.Tensor:
         return torch.as_tensor(x, dtype=torch.long, device=self.device)
@@ -140,6 +144,9 @@ class ItemScorer(Scorer):
         users = self._as_index(users).view(-1)
         if not len(users):
             return torch.empty(0, self.num_items, device=self.device)
+        if self.item_first is None:  # GMF: one matmul, only the [B, N] scores are materialised
+            step = max(1, SCORES_BUDGET // self.num_items)
+            return torch.cat([self._score(users[i:i + step], None) for i in range(0, len(users), step)])
         step = ACTIVATION_BUDGET // (self.num_items * self.hidden)
         if step >= 1:
             return torch.cat([self._score(users[i:i + step], None) for i in range(0, len(users), step)])

@@ -97,22 +97,38 @@ def test_seen_items_are_never_recommended_and_short_users_get_fewer_rows(tmp_pat
         assert [r for r, _, _ in got[user]] == list(range(1, len(got[user]) + 1))
 
 
-def test_candidate_retrieval_is_exact_for_exact_inner_products_and_with_every_item(tmp_path, package_uri):
+def test_two_stage_takes_the_predictors_retriever_and_keeps_the_contract(tmp_path, package_uri):
     gmf = _package(tmp_path / "models" / "gmf", model="GMF")
-    run(_config(gmf, tmp_path / "gmf", recommend_k=5, candidates=5, chunk_users=16))  # GMF: the product is the logit
-    _assert_same(_read(tmp_path / "gmf"), _brute_force(gmf, 5))
-    # NeuMF ("partial"): with every item a candidate the re-rank is the exact ranking
-    run(_config(package_uri, tmp_path / "all", recommend_k=5, candidates=50, chunk_users=16))
-    _assert_same(_read(tmp_path / "all"), _brute_force(package_uri, 5))
-    # fewer candidates: an approximation, still K unseen items per user, and the manifest says how it was made
-    result = run(_config(package_uri, tmp_path / "few", recommend_k=5, candidates=8, chunk_users=16))
+    # every item a candidate: the re-rank is the exact ranking (GMF and NeuMF alike)
+    for uri, name in ((gmf, "gmf"), (package_uri, "neumf")):
+        result = run(_config(uri, tmp_path / name, recommend_k=5, chunk_users=16, retrieval="ann",
+                             retrieval_candidates=50))
+        _assert_same(_read(tmp_path / name), _brute_force(uri, 5))
+    # fewer candidates than items: the IVF index (nlist 6 over 50 items), still K unseen items per user, scores
+    # are the family's own, and the manifest says how the rows were made
+    result = run(_config(package_uri, tmp_path / "few", recommend_k=5, chunk_users=16, retrieval="ann",
+                         retrieval_candidates=8, retrieval_nprobe=2))
     got, package = _read(tmp_path / "few"), load_package(package_uri)
     for u, user in enumerate(package.user_ids):
         assert len(got[user]) == 5 and not {package.item_ids[i] for i in package.seen_items(u)} & {
             i for _, i, _ in got[user]}
-    assert storage.read_json(tmp_path / "few" / contracts.RECOMMENDATIONS_MANIFEST)["candidates"] == 8
-    exact = run(_config(package_uri, tmp_path / "few-exact", recommend_k=5, chunk_users=16))
-    assert result.fingerprint != exact.fingerprint  # different settings never resume each other's parts
+        index = {item: i for i, item in enumerate(package.item_ids)}
+        expected = package.scorer.score_candidates([u], [index[i] for _, i, _ in got[user]])[0].numpy()
+        np.testing.assert_allclose([s for *_, s in got[user]], expected, rtol=1e-5, atol=1e-6)
+    manifest = storage.read_json(tmp_path / "few" / contracts.RECOMMENDATIONS_MANIFEST)
+    assert manifest["retrieval"]["mode"] == "ann" and manifest["retrieval"]["candidates"] == 8
+    # forced exact, and auto on a 50-item catalogue (under the 100k threshold), are the exact path
+    exact = run(_config(package_uri, tmp_path / "exact", recommend_k=5, chunk_users=16, retrieval="exact"))
+    auto = run(_config(package_uri, tmp_path / "auto", recommend_k=5, chunk_users=16))
+    assert storage.read_json(tmp_path / "auto" / contracts.RECOMMENDATIONS_MANIFEST)["retrieval"] == "exact"
+    assert exact.fingerprint == auto.fingerprint != result.fingerprint  # other settings never resume these parts
+
+
+def test_gmf_score_all_in_matmul_batches_equals_per_user_scores(tmp_path):
+    package = load_package(_package(tmp_path / "gmf", model="GMF"))
+    together = package.scorer.score_all(torch.arange(37))
+    one_by_one = torch.cat([package.scorer.score_candidates([u], torch.arange(50)) for u in range(37)])
+    torch.testing.assert_close(together, one_by_one, rtol=1e-5, atol=1e-5)
 
 
 def test_storage_root_and_run_date_give_the_contract_path(tmp_path, package_uri):

@@ -227,7 +227,8 @@ def test_manifests_job_renders_the_overlay_and_the_jobs_with_this_commits_images
     from pipelines import images
 
     overlay = _variables()["NCF_OVERLAY"]
-    assert sorted(p.name for p in rendered.iterdir()) == sorted([f"{overlay}.yaml", "preprocess-spark.yaml", "train-ddp.yaml"])
+    assert sorted(p.name for p in rendered.iterdir()) == sorted(
+        [f"{overlay}.yaml", "preprocess-spark.yaml", "train-ddp.yaml", "recommend-shards.yaml"])
     assert JOBS["manifests"]["artifacts"]["paths"] == ["dist/manifests/"]
     kinds = set()
     for path in rendered.iterdir():
@@ -237,7 +238,7 @@ def test_manifests_job_renders_the_overlay_and_the_jobs_with_this_commits_images
                        for ref in own), (path.name, own)
             assert not any("ghcr.io/ncf-platform" in ref for ref in _images(obj))
             kinds |= {obj["kind"]} if own else set()
-    assert {"ServingRuntime", "Deployment", "SparkApplication", "TrainJob"} <= kinds
+    assert {"ServingRuntime", "Deployment", "SparkApplication", "TrainJob", "Job"} <= kinds
 
 
 def _run_deploy_line(prefix: str, path: Path, env: dict[str, str]) -> list[dict[str, Any]]:

@@ -75,7 +75,8 @@ def _walk(node: Any, key: str) -> Iterator[Any]:
 
 def test_every_expected_kustomization_exists():
     names = {_rel(d) for d in DIRS}
-    assert {"base", "overlays/local", "overlays/aws", "jobs/preprocess-spark", "jobs/train-ddp"} <= names
+    assert {"base", "overlays/local", "overlays/aws", "jobs/preprocess-spark", "jobs/train-ddp",
+            "jobs/recommend-shards"} <= names
 
 
 @pytest.mark.parametrize("directory", DIRS, ids=_rel)
@@ -326,8 +327,8 @@ def _own_image_fields(obj: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str
 
 @pytest.mark.parametrize("directory", [*OVERLAYS.values(), *JOBS], ids=_rel)
 def test_what_ci_renders_names_one_build_of_every_project_image(directory):
-    """The ServingRuntime, MLflow, the SparkApplication and the TrainJob all run <registry>/<name>:<commit>: a tag
-    CI never reuses (docs/cluster.md), and every object still validates."""
+    """The ServingRuntime, MLflow, the SparkApplication, the TrainJob and the recommend Job all run
+    <registry>/<name>:<commit>: a tag CI never reuses (docs/cluster.md), and every object still validates."""
     from pipelines import images
 
     objects = pinned(directory)
@@ -337,7 +338,7 @@ def test_what_ci_renders_names_one_build_of_every_project_image(directory):
         assert ref.startswith(CI_REGISTRY + "/") and ref.endswith(":" + COMMIT), f"{_rel(directory)}: {ref}"
         assert ref.rsplit("/", 1)[-1].split(":")[0] in images.NAMES
     kinds = {obj["kind"] for obj in objects for _ in _own_image_fields(obj)}
-    assert kinds & {"ServingRuntime", "SparkApplication", "TrainJob", "Deployment"}
+    assert kinds & {"ServingRuntime", "SparkApplication", "TrainJob", "Deployment", "Job"}
     for obj in objects:
         if is_custom_resource(obj) and not crd_kinds_known():
             continue
@@ -419,6 +420,24 @@ def test_trainjob_runs_the_trainer_under_torchrun_on_gpu_nodes():
     assert args.candidates == "", "model selection refuses torchrun: the DDP job trains --family ncf alone"
     pod = job["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]
     assert pod["spec"]["template"]["spec"]["serviceAccountName"] == "ncf-trainer"
+
+
+def test_recommend_shards_job_gives_each_pod_its_shard_of_the_users():
+    job = _by_kind(build(MANIFESTS / "jobs" / "recommend-shards"), "Job")["ncf-recommend-shards"]["spec"]
+    assert job["completionMode"] == "Indexed" and job["maxFailedIndexes"] == 0
+    pod = job["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["ncfctl", "recommend"] and pod["serviceAccountName"] == "ncf-trainer"
+    env = {e["name"]: e for e in container["env"]}
+    # Kubernetes expands $(VAR) in args only from the container's declared env: the index must come from there.
+    assert env["SHARD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    for index in (0, job["completions"] - 1):
+        args = _parse(_step_parser("ncf.recommend", "RecommendConfig"),
+                      [a.replace("$(SHARD_INDEX)", str(index)) for a in container["args"]])
+        assert args.shard_index == index
+        assert args.num_shards == job["completions"] == job["parallelism"], "every shard runs, each once"
+        assert args.storage_root.startswith("s3://") and args.tracking_uri.startswith("http://")
 
 
 # ---- the compiled KFP pipeline's pods: they run in KFP's namespace, next to the pipeline's service account ----

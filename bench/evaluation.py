@@ -6,8 +6,9 @@
     .venv/bin/python bench/evaluation.py --quick                           # 20k x 20k, a smoke check
 
 Builds a partition of --users users (--per-user training rows each, Zipf-popular items, one test row with 99 test
-negatives per user) and two packages of the default model (NeuMF, factor 32, 2 MLP layers, a seed ensemble of 3;
-random weights: the cost does not depend on them), written through the real writers, then times on this machine
+negatives per user) and two packages of --model (GMF, a family model selection exports at this size: EASE refuses
+200k items, a 160 GB item-item matrix; or NeuMF, the NCF recipe; factor 32, 2 MLP layers, a seed ensemble of --members; random weights: the cost does
+not depend on them), written through the real writers, then times on this machine
 (torch on every core, as the train step's evaluation and the gate score):
   1. the train step's final evaluation: `ncf.evaluate.evaluate` on the fitted scorer (sampled protocol over
      every test user, full ranking over a fixed-seed sample of at most --full-eval-users);
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--per-user", type=int, default=10, help="training rows per user")
+    parser.add_argument("--model", default="GMF", choices=("GMF", "NeuMF"))
     parser.add_argument("--members", type=int, default=3, help="seed-ensemble members of the packages")
     parser.add_argument("--full-eval-users", type=int, default=contracts.DEFAULT_FULL_EVAL_USERS)
     parser.add_argument("--cores", type=int, default=0,
@@ -125,8 +127,8 @@ def _measure(args, argv: list[str] | None) -> int:
         started = time.perf_counter()
         partition = synthetic_partition(args.users, args.items, args.per_user)
         uri = write_partition(partition, Path(tmp) / "data" / "dt=2026-01-01")
-        challenger = default_package(Path(tmp) / "models" / "challenger", partition, 0, args.members)
-        champion = default_package(Path(tmp) / "models" / "champion", partition, 1, args.members)
+        challenger = default_package(Path(tmp) / "models" / "challenger", partition, 0, args.members, args.model)
+        champion = default_package(Path(tmp) / "models" / "champion", partition, 1, args.members, args.model)
         rows.append(("setup (synthetic partition + 2 packages written; not part of the target)",
                      f"{time.perf_counter() - started:.1f} s"))
 
@@ -158,7 +160,7 @@ def _measure(args, argv: list[str] | None) -> int:
     header = (f"## Evaluation and gate at scale ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
               f"{process_cores()} cores, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f})")
     report = (f"\n{header}\n\n`{command}`: {args.users:,} users x {args.items:,} items, {args.per_user} training "
-              f"rows per user, NeuMF x{args.members}\n\n{table(rows)}\n")
+              f"rows per user, {args.model} x{args.members}\n\n{table(rows)}\n")
     publish(report, args.results)
     return 0
 

@@ -7,9 +7,9 @@
     .venv/bin/python bench/recommend.py --quick                                       # 10k x 20k, a smoke check
 
 Builds a synthetic partition (--per-user Zipf-popular training items per user) and one package of --model (GMF,
-the family model selection exports at this size: EASE refuses 200k items and iALS scores alike; or NeuMF; factor 32,
-2 MLP layers, a seed ensemble of --members; random weights: the cost does not depend on them) written through
-ncf/package.py's writers (the retrieval index included), WITHOUT training. Then runs the step as the pipeline does, in a
+a family model selection exports at this size: EASE refuses 200k items, a 160 GB item-item matrix, and iALS scores
+alike; or NeuMF; factor 32, 2 MLP layers, a seed ensemble of --members; random weights: the cost does not depend on
+them) written through ncf/package.py's writers (the retrieval index included), WITHOUT training. Then runs the step as the pipeline does, in a
 subprocess (`python -m ncf.recommend --model-uri <package> --output-uri <dir> ...`, every core of this process,
 --device as given), and reports its wall time, its throughput in users/s and scored (user, item) pairs/s, and its
 peak RSS (the subprocess alone: ru_maxrss of the waited child). With --slice-users N only users [0, N) are scored

@@ -7,8 +7,9 @@
 
 Builds a partition of --users users (--per-user training rows each, Zipf-popular items, one test row with 99 test
 negatives per user) and two packages of --model (GMF, a family model selection exports at this size: EASE refuses
-200k items, a 160 GB item-item matrix; or NeuMF, the NCF recipe; factor 32, 2 MLP layers, a seed ensemble of --members; random weights: the cost does
-not depend on them), written through the real writers, then times on this machine
+200k items, a 160 GB item-item matrix; or NeuMF, the NCF recipe; factor 32, 2 MLP layers, a seed ensemble of
+--members; random weights: the cost does not depend on them), written through the real writers, then times on this
+machine
 (torch on every core, as the train step's evaluation and the gate score):
   1. the train step's final evaluation: `ncf.evaluate.evaluate` on the fitted scorer (sampled protocol over
      every test user, full ranking over a fixed-seed sample of at most --full-eval-users);

@@ -35,7 +35,7 @@ demo-stop: setup
 
 test: setup java
 	bash scripts/ensure_postgres.sh && bash scripts/ensure_kubectl.sh $(PY)
-	$(PY) -m pytest -q --timeout=900
+	$(PY) -m pytest -q --timeout=900 --durations=25
 
 test-fast: setup java
 	$(PY) -m pytest -q -m "not slow" --timeout=600

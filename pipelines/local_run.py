@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kfp import local
 
-    from pipelines.kfp_pipeline import build_pipeline
+    from pipelines.kfp_pipeline import KubernetesSettings, build_pipeline
 
     # Unbuffered: per-epoch lines reach the log files (and the bars) as they happen.
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
@@ -315,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     @functools.cache
     def pipeline():
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-        return build_pipeline()
+        # No retries here: kfp.local honours the cluster's (backoff 60 s, x2), so a bad input file took 4 minutes to
+        # report; a retry cannot fix it, and a laptop has no evicted pods or lost nodes for retries to cover.
+        return build_pipeline(KubernetesSettings(retries=0))
 
     steps = " -> ".join(definition.dependency_order())
     summaries: list[RunSummary] = []

@@ -209,4 +209,5 @@ def test_a_failing_step_ends_the_run_with_one_line_naming_it_and_its_log(tmp_pat
     assert match, line
     assert match[1] in (tmp_path / "root" / "logs").glob("2026-03-01-*/preprocess.log").__next__().read_text()
     assert re.search(r"^  preprocess  FAILED after \d+s: ", out, re.M) and "train" not in out.split("FAILED")[1]
+    assert out.count("preprocess  started") == 1, out  # bad input is reported, not retried with the cluster's backoff
     assert not list((tmp_path / "root" / "data").glob("dt=*"))  # nothing published

@@ -218,9 +218,9 @@ def top_k_table(scorer, package, lo: int, hi: int, k: int, exclude_seen: bool, u
     import pyarrow as pa
 
     num_items = scorer.num_items
-    k_eff = min(k, num_items)
-    width = num_items if retriever is None else retriever.size
-    batch = max(1, SCORES_PER_BATCH // max(1, width))
+    scored = num_items if retriever is None else retriever.size  # scores per user
+    width = min(k, scored)  # rows per user at most
+    batch = max(1, SCORES_PER_BATCH // max(1, scored))
     values_out, items_out = [], []
     for b_lo in range(lo, hi, batch):
         b_hi = min(b_lo + batch, hi)
@@ -229,7 +229,7 @@ def top_k_table(scorer, package, lo: int, hi: int, k: int, exclude_seen: bool, u
             scores = torch.nan_to_num(scorer.score_all(users).float(), nan=float("-inf"))
             if exclude_seen:
                 _mask_seen(scores, package, b_lo, b_hi)
-            top = torch.topk(scores, k_eff, dim=1)
+            top = torch.topk(scores, width, dim=1)
             values, items = top.values, top.indices
         else:
             seen = [package.seen_items(u) if exclude_seen else None for u in range(b_lo, b_hi)]
@@ -237,13 +237,12 @@ def top_k_table(scorer, package, lo: int, hi: int, k: int, exclude_seen: bool, u
             found = torch.as_tensor(found, device=scorer.device)
             scores = torch.nan_to_num(scorer.score_candidates(users, found).float(), nan=float("-inf"))
             scores[~torch.as_tensor(valid, device=scorer.device)] = float("-inf")  # empty slots stay out
-            top = torch.topk(scores, min(k_eff, found.shape[1]), dim=1)
+            top = torch.topk(scores, width, dim=1)
             values, items = top.values, found.gather(1, top.indices)
         values_out.append(values.cpu().numpy())
         items_out.append(items.cpu().numpy())
         if progress is not None:
             progress.update(b_hi - b_lo)
-    width = values_out[0].shape[1] if values_out else k_eff
     values = np.concatenate(values_out) if values_out else np.empty((0, width), np.float32)
     items = np.concatenate(items_out) if items_out else np.empty((0, width), np.int64)
     keep = (values != -np.inf).ravel()  # seen (or NaN) items are never recommended; they sort last
@@ -334,9 +333,10 @@ def run(config: RecommendConfig) -> RecommendResult:
         device = _device(config.device)
         retrieval = _retrieval_settings(config, package, device)
         two_stage = retrieval.two_stage(package.scorer.num_items, package.scorer.inner_product)
+        ranking = retrieval.to_dict() if two_stage else "exact"  # what shapes the parts: fingerprint and manifest
         fingerprint = package_fingerprint(directory, {
             "k": config.recommend_k, "exclude_seen": config.exclude_seen, "chunk_users": config.chunk_users,
-            "retrieval": retrieval.to_dict() if two_stage else "exact"})
+            "retrieval": ranking})
     num_users = len(package.user_ids)
     chunks = chunks_of(num_users, config.chunk_users)
     mine = share(chunks, config, num_users)
@@ -377,7 +377,7 @@ def run(config: RecommendConfig) -> RecommendResult:
         "schema_version": contracts.RECOMMENDATIONS_SCHEMA_VERSION, "model": label,
         "model_name": config.model_name, "family": package.family, "fingerprint": fingerprint,
         "recommend_k": config.recommend_k, "exclude_seen": config.exclude_seen, "chunk_users": config.chunk_users,
-        "retrieval": retrieval.to_dict() if two_stage else "exact",
+        "retrieval": ranking,
         "num_users": num_users, "num_items": len(package.item_ids),
         "parts": [part_name(*c) for c in chunks], "columns": list(contracts.RECOMMENDATIONS_COLUMNS),
     })

@@ -146,8 +146,8 @@ class ItemScorer(Scorer):
             return torch.empty(0, self.num_items, device=self.device)
         if self.item_first is None:  # GMF: one matmul, only the [B, N] scores are materialised
             step = max(1, SCORES_BUDGET // self.num_items)
-            return torch.cat([self._score(users[i:i + step], None) for i in range(0, len(users), step)])
-        step = ACTIVATION_BUDGET // (self.num_items * self.hidden)
+        else:
+            step = ACTIVATION_BUDGET // (self.num_items * self.hidden)
         if step >= 1:
             return torch.cat([self._score(users[i:i + step], None) for i in range(0, len(users), step)])
         # One user's row exceeds the budget (large catalogues): score it in blocks of items.

@@ -9,8 +9,8 @@
 Builds a synthetic partition (--per-user Zipf-popular training items per user) and one package of --model (GMF,
 a family model selection exports at this size: EASE refuses 200k items, a 160 GB item-item matrix, and iALS scores
 alike; or NeuMF; factor 32, 2 MLP layers, a seed ensemble of --members; random weights: the cost does not depend on
-them) written through ncf/package.py's writers (the retrieval index included), WITHOUT training. Then runs the step as the pipeline does, in a
-subprocess (`python -m ncf.recommend --model-uri <package> --output-uri <dir> ...`, every core of this process,
+them) written through ncf/package.py's writers (the retrieval index included), WITHOUT training. Then runs the step
+as the pipeline does, in a subprocess (`python -m ncf.recommend --model-uri <package> --output-uri <dir> ...`, every core of this process,
 --device as given), and reports its wall time, its throughput in users/s and scored (user, item) pairs/s, and its
 peak RSS (the subprocess alone: ru_maxrss of the waited child). With --slice-users N only users [0, N) are scored
 (`--user-range 0:N`: the same code path, the whole package loaded); the time for every user is then extrapolated
@@ -134,15 +134,18 @@ def _measure(args, tmp: Path) -> list[tuple[str, str]]:
 
 
 def _retrieval(args, package: Path):
-    """The retrieval settings the step runs with (the package's config.json under the flags), None when exact."""
+    """The retrieval settings the step runs with (ncf.recommend's own rule, on the package's config.json), None
+    when it scores exactly."""
     import json
 
-    from ncf.retrieval import package_settings
+    from ncf.recommend import RecommendConfig, resolve_device, retrieval_settings
 
-    settings = package_settings(json.loads((package / "config.json").read_text())).replace(
-        mode=args.retrieval, candidates=args.retrieval_candidates, nprobe=args.retrieval_nprobe)
-    inner_product = {"GMF": "exact", "NeuMF": "partial"}[args.model]
-    return settings if args.device == "cpu" and settings.two_stage(args.items, inner_product) else None
+    flags = RecommendConfig(retrieval=args.retrieval, retrieval_candidates=args.retrieval_candidates,
+                            retrieval_nprobe=args.retrieval_nprobe)
+    package_config = json.loads((package / "config.json").read_text())
+    settings = retrieval_settings(flags, package_config, resolve_device(args.device))
+    inner_product = {"GMF": "exact", "NeuMF": "partial"}[args.model]  # ItemScorer's, for the model built above
+    return settings if settings.two_stage(args.items, inner_product) else None
 
 
 def _recall(args, package: str, output: Path, tmp: Path, users: int) -> float:

@@ -149,7 +149,7 @@ def _local_package(config: RecommendConfig) -> Iterator[tuple[Path, str] | None]
         yield registry.download_package(tracking_uri, name, str(version), tmp), f"models:/{name}/{version}"
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device: cuda requested but torch sees no CUDA device; use --device auto or cpu")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
@@ -165,9 +165,9 @@ def _scorer_on(package, device: torch.device):
     return families.get(package.family).load(weights, package.config, package)
 
 
-def _retrieval_settings(config: RecommendConfig, package, device: torch.device) -> RetrievalSettings:
-    """The package's retrieval settings under this run's flags; `auto` on CUDA means exact."""
-    settings = package_settings(package.config).replace(
+def retrieval_settings(config: RecommendConfig, package_config: dict, device: torch.device) -> RetrievalSettings:
+    """The retrieval settings of a package (its config.json) under this run's flags; `auto` on CUDA means exact."""
+    settings = package_settings(package_config).replace(
         mode=config.retrieval, candidates=config.retrieval_candidates, nprobe=config.retrieval_nprobe)
     return settings.replace(mode="exact") if device.type == "cuda" and settings.mode == "auto" else settings
 
@@ -330,8 +330,8 @@ def run(config: RecommendConfig) -> RecommendResult:
                                    skipped=f"no champion of {config.model_name!r} yet: nothing to recommend")
         directory, label = found
         package = load_package(directory)
-        device = _device(config.device)
-        retrieval = _retrieval_settings(config, package, device)
+        device = resolve_device(config.device)
+        retrieval = retrieval_settings(config, package.config, device)
         two_stage = retrieval.two_stage(package.scorer.num_items, package.scorer.inner_product)
         ranking = retrieval.to_dict() if two_stage else "exact"  # what shapes the parts: fingerprint and manifest
         fingerprint = package_fingerprint(directory, {

@@ -82,8 +82,9 @@ def train(partition_uri: str, output: Path, **overrides) -> tuple[str, float]:
     if storage.is_complete(str(output)):
         return str(output), 0.0
     started = time.perf_counter()
+    # One NCF model per run, the configuration given, not model selection (candidates "" unless given).
     train_step.run(train_step.TrainConfig(partition_uri=partition_uri, output_uri=str(output), progress="off",
-                                          full_eval_users=200, **overrides))
+                                          full_eval_users=200, **{"candidates": "", **overrides}))
     return str(output), time.perf_counter() - started
 
 

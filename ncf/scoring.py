@@ -12,6 +12,8 @@ probability; apply a sigmoid for a probability).
 
 from __future__ import annotations
 
+import mmap
+
 import torch
 
 from ncf.families.base import Scorer
@@ -23,6 +25,16 @@ ACTIVATION_BUDGET = 1 << 20
 # Scores per matmul when there is no tower (GMF): a matrix product over many users, not one GEMV per user (6x faster
 # per pair at 200k items: 1.6 ms against 10 ms per user, 2 cores); 64 MB of float32, as ncf.recommend's batches.
 SCORES_BUDGET = 1 << 24
+
+
+def _item_table(rows: int, width: int, device: torch.device) -> torch.Tensor:
+    """An uninitialised float32 [rows, width] table; on CPU in anonymous memory advised to use transparent huge
+    pages (Linux, where THP is "madvise"), so random row gathers over a table of GBs miss the TLB less."""
+    if device.type != "cpu" or not hasattr(mmap, "MADV_HUGEPAGE") or rows * width == 0:
+        return torch.empty(rows, width, device=device)
+    memory = mmap.mmap(-1, rows * width * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    memory.madvise(mmap.MADV_HUGEPAGE)
+    return torch.frombuffer(memory, dtype=torch.float32).view(rows, width)  # the tensor keeps `memory` alive
 
 
 def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -75,7 +87,6 @@ class ItemScorer(Scorer):
             f = spec.factor_num
             self.user_gmf = _stacked(tables("embed_user_GMF.weight"))  # [K, U, f]
             self.gmf_weight = predict[:, :f].reshape(1, k * f)
-            self.item_gmf = torch.cat([t.float() for t in tables("embed_item_GMF.weight")], dim=1)  # [N, K f]
             offset = f
         if uses_mlp:
             half = spec.mlp_layers[0] // 2
@@ -85,15 +96,35 @@ class ItemScorer(Scorer):
             first_w, first_b = linears[0]
             self.user_mlp = _stacked(tables("embed_user_MLP.weight"))  # [K, U, half]
             self.user_first = torch.stack([w.float()[:, :half].t() for w in first_w])
-            # The item half of layer 1, bias included: [K, num_items, hidden_1].
-            self.item_first = torch.stack([
-                torch.addmm(b.float(), item.float(), w.float()[:, half:].t())
-                for item, w, b in zip(tables("embed_item_MLP.weight"), first_w, first_b, strict=True)])
             self.tower = [(torch.stack([w.float().t() for w in weights]),  # [K, in, out]
                            torch.stack([b.float() for b in biases]).unsqueeze(1))  # [K, 1, out]
                           for weights, biases in linears[1:]]
             self.mlp_weight = predict[:, offset:].unsqueeze(2)  # [K, last, 1]
+        self._build_item_rows(spec, tables, uses_gmf, first_w if uses_mlp else [], first_b if uses_mlp else [])
         self.hidden = k * (self.item_first.shape[2] if self.item_first is not None else 1)
+        # Floats score_candidates materialises per (user, candidate): the tower's activations and the gathered GMF
+        # item rows (a [B, C, K f] gather is what its budget must bound for GMF).
+        self.candidate_width = self.hidden + (self.item_gmf.shape[1] if self.item_gmf is not None else 0)
+
+    def _build_item_rows(self, spec: ModelSpec, tables, uses_gmf: bool, first_w, first_b) -> None:
+        """One row per item holding all an item's per-item terms: the members' GMF factors ([K f], `item_gmf`)
+        then each member's item half of the first tower layer, bias included ([K h1], `item_first`, viewed as
+        [K, N, h1]). `score_candidates` gathers one contiguous row per candidate instead of 1 + K scattered ones
+        (1M items, 1000 candidates, NeuMF x3: 0.33 ms against 0.69 ms, with huge pages)."""
+        k, n = spec.members, spec.num_items
+        gmf_width = k * spec.factor_num if uses_gmf else 0
+        first_width = first_w[0].shape[0] if first_w else 0
+        self.item_rows = _item_table(n, gmf_width + k * first_width, self.device)
+        if gmf_width:
+            self.item_gmf = self.item_rows[:, :gmf_width]  # [N, K f]
+            for m, table in enumerate(tables("embed_item_GMF.weight")):
+                self.item_gmf[:, m * spec.factor_num:(m + 1) * spec.factor_num] = table.float()
+        if first_width:
+            half = spec.mlp_layers[0] // 2
+            first = self.item_rows[:, gmf_width:].view(n, k, first_width)
+            for m, (item, w, b) in enumerate(zip(tables("embed_item_MLP.weight"), first_w, first_b, strict=True)):
+                first[:, m] = torch.addmm(b.float(), item.float(), w.float()[:, half:].t())
+            self.item_first = first.permute(1, 0, 2)  # [K, N, h1], a view
 
     def user_vectors(self, users=None) -> torch.Tensor:
         """[num_users, K f], or the rows of the user indices `users` (only those rows are computed)."""
@@ -111,24 +142,26 @@ class ItemScorer(Scorer):
         out = None
         b = len(users)
         if items is not None:
-            flat = items.reshape(-1)  # index_select gathers rows ~2x faster than advanced indexing
+            # Each candidate's row of item_rows, gathered once (index_select: ~2x faster than advanced indexing).
+            rows = self.item_rows.index_select(0, items.reshape(-1)).view(b, items.shape[1], -1)
+        gmf_width = 0 if self.item_gmf is None else self.item_gmf.shape[1]
         if self.item_gmf is not None:
             user_gmf = self.user_gmf[:, users].float().transpose(0, 1).reshape(b, -1) * self.gmf_weight
             if items is None:
                 gmf = user_gmf @ self.item_gmf[span].t()
             else:
-                gmf = torch.bmm(self.item_gmf.index_select(0, flat).view(b, items.shape[1], -1),
-                                user_gmf[:, :, None]).view(b, -1)
+                gmf = torch.bmm(rows[:, :, :gmf_width], user_gmf[:, :, None]).view(b, -1)
             out = gmf
         if self.item_first is not None:
             user_first = torch.bmm(self.user_mlp[:, users].float(), self.user_first)  # [K, B, h1]
+            k, h1 = self.item_first.shape[0], self.item_first.shape[2]
             if items is None:
                 h = user_first[:, :, None, :] + self.item_first[:, None, span]  # [K, B, N, h1]
             else:
-                k, h1 = self.item_first.shape[0], self.item_first.shape[2]
-                h = self.item_first.index_select(1, flat).view(k, b, -1, h1).add_(user_first[:, :, None, :])
+                h = rows[:, :, gmf_width:].reshape(b, -1, k, h1).permute(2, 0, 1, 3).contiguous()  # [K, B, C, h1]
+                h.add_(user_first[:, :, None, :])
             k, b, n, _ = h.shape
-            h = torch.relu_(h.view(k, b * n, -1))
+            h = torch.relu_(h.reshape(k, b * n, -1))  # a copy only if the sum came out in item-major layout
             for weight, bias in self.tower:
                 h = torch.relu_(torch.baddbmm(bias, h, weight))
             tower = torch.bmm(h, self.mlp_weight).sum(dim=0).view(b, n)
@@ -162,6 +195,6 @@ class ItemScorer(Scorer):
         items = self._as_index(items)
         if items.dim() == 1:
             items = items.expand(len(users), -1)
-        step = max(1, ACTIVATION_BUDGET // max(1, items.shape[1] * self.hidden))
+        step = max(1, ACTIVATION_BUDGET // max(1, items.shape[1] * self.candidate_width))
         return torch.cat([self._score(users[i:i + step], items[i:i + step]) for i in range(0, len(users), step)]) \
             if len(users) else torch.empty(0, items.shape[1], device=self.device)

@@ -105,6 +105,23 @@ def test_weights_are_memory_mapped_not_read_into_memory(tmp_path, model, tiny_pa
     assert pkg.scorer.user_gmf.data_ptr() == weights.data_ptr()
 
 
+def test_the_scorers_item_terms_are_one_row_per_item(tiny_partition):
+    """GMF factors and the first tower layer's item half of every member share one [N, width] table (what
+    score_candidates gathers a row of per candidate), and scoring from it equals the members' mean logit."""
+    torch.manual_seed(5)
+    spec = ModelSpec("NeuMF", tiny_partition.num_users, tiny_partition.num_items, 8, 2, 0.0)
+    members = [build_model(spec).eval() for _ in range(3)]
+    scorer = ItemScorer(ensemble_of(members).eval())
+    rows = scorer.item_rows
+    assert rows.shape == (tiny_partition.num_items, 3 * 8 + 3 * scorer.item_first.shape[2])
+    for view in (scorer.item_gmf, scorer.item_first):
+        assert rows.data_ptr() <= view.data_ptr() < rows.data_ptr() + rows.numel() * rows.element_size()
+    users, items = torch.arange(4), torch.randint(0, tiny_partition.num_items, (4, 7))
+    with torch.no_grad():
+        mean_logit = sum(m(users.repeat_interleave(7), items.reshape(-1)).view(4, 7) for m in members) / 3
+    torch.testing.assert_close(scorer.score_candidates(users, items), mean_logit, rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_family_is_a_user_error(tmp_path, model, tiny_partition):
     uri = tmp_path / "pkg"
     _save(uri, model, tiny_partition)

@@ -88,7 +88,7 @@ class RecommendConfig:
     retrieval: str = param("", "whole-catalogue ranking, as the predictor serves: auto (two-stage from the package's "
                                "threshold, 100000 items, on CPU), exact (score every item), ann (two-stage); "
                                "default: the package's config.json, else auto", choices=("", "auto", "exact", "ann"))
-    retrieval_candidates: int = param(0, "two-stage: items retrieved per user and re-ranked (0: the package's / 1000)")
+    retrieval_candidates: int = param(0, "two-stage: items retrieved per user and re-ranked (0: the package's / 500)")
     retrieval_nprobe: int = param(0, "two-stage: IVF lists searched per user (0: the package's / 64)")
     chunk_users: int = param(20_000, "users per Parquet part: the unit of streaming, resume and sharding")
     num_shards: int = param(1, "split the users into this many shards (one run / pod each)")

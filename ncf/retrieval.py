@@ -11,10 +11,10 @@ Past `threshold` items the predictor instead
 
 Families without vectors (NCF MLP, EASE, popularity) always take the exact path. The index is an IVF with
 `nlist` lists (k-means on the item vectors), searched over `nprobe` lists, whose vectors are stored as
-- "pq4" (default): product-quantised 4-bit codes, one sub-quantiser per 2 dimensions, scanned with FAISS's
-  SIMD fast-scan kernels (`IndexIVFPQFastScan`): an eighth of float32, and at 1M items 24x faster to search than
-  sq8 (0.38 ms against 9.2 ms per user at nprobe 64, measured: docs/serving.md). Its scores are coarser, which the
-  re-ranking stage absorbs: it retrieves `candidates` (1000) items to re-rank 10;
+- "pq4" (default): each vector's residual from its list's centroid as product-quantised 4-bit codes, one
+  sub-quantiser per 2 dimensions, scanned with FAISS's SIMD fast-scan kernels (`IndexIVFPQFastScan`): an eighth
+  of float32 and, at 1M items, an order of magnitude faster to search than sq8 (docs/serving.md, "Codes"). Its
+  scores are coarser, which the re-ranking stage absorbs: it retrieves `candidates` (500) items to re-rank 10;
 - "sq8": 8-bit scalar-quantised codes (a quarter of float32); "flat": float32.
 It is built when a package is exported (`ncf.package.write_package`, when these settings choose two-stage for its
 catalogue) and saved as `contracts.PACKAGE_ANN_INDEX`; a package without it (or with one built with other `nlist`
@@ -60,7 +60,7 @@ class RetrievalSettings:
 
     mode: str = "auto"
     threshold: int = 100_000
-    candidates: int = 1000  # items retrieved per user, then re-ranked by the full model
+    candidates: int = 500  # items retrieved per user, then re-ranked by the full model (docs/serving.md: why 500)
     nlist: int = 0  # IVF lists; 0: 2 * sqrt(num_items), at most num_items / 8
     nprobe: int = 64  # lists searched per user
     storage: str = "pq4"  # index codes: pq4 (4-bit PQ, fast-scan), sq8 (8-bit scalar quantiser), flat (float32)
@@ -190,6 +190,10 @@ def build_index(item_vectors, settings: RetrievalSettings, log=None):
     quantizer = faiss.IndexFlatIP(d)
     if settings.storage == "pq4":
         index = faiss.IndexIVFPQFastScan(quantizer, d, nlist, d // 2, 4, faiss.METRIC_INNER_PRODUCT)
+        # Encode each vector's residual from its list's centroid, not the vector: 16 levels per sub-quantiser then
+        # span a list's spread, not the catalogue's. Without it the item-bias column of a NeuMF package kept 16
+        # levels over all items, and the top-10 overlap with exact fell from 1.000 to 0.77-0.94 (synthetic 216k).
+        index.by_residual = True
     elif settings.storage == "sq8":
         index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit,
                                               faiss.METRIC_INNER_PRODUCT)
@@ -223,9 +227,10 @@ def index_matches(index, num_items: int, dim: int, settings: RetrievalSettings) 
     (`retrieval_vectors`: the item-bias column included)."""
     faiss = _faiss()
     ivf = faiss.extract_index_ivf(index)
+    storage = index_storage(index)
     return (index.ntotal == num_items and index.d == index_dim(dim, settings.storage)
-            and ivf.nlist == settings.lists(num_items) and index_storage(index) == settings.storage
-            and index.metric_type == faiss.METRIC_INNER_PRODUCT)
+            and ivf.nlist == settings.lists(num_items) and storage == settings.storage
+            and (storage != "pq4" or ivf.by_residual) and index.metric_type == faiss.METRIC_INNER_PRODUCT)
 
 
 def write_index(index, path: str | Path) -> None:
@@ -287,14 +292,25 @@ class Retriever:
                     else np.setdiff1d(np.arange(self.num_items), excluded, assume_unique=True)
                 out[row, :len(items)], valid[row, :len(items)] = items, True
             return out, valid
-        extra = max((len(s) for s in seen if s is not None), default=0)
-        k = min(c + extra, self.num_items)
         vectors = self.scorer.user_vectors(users).float().numpy()
         queries = np.zeros((b, self.index.d), dtype=np.float32)  # pq4's padding column stays 0
         queries[:, :vectors.shape[1]] = vectors
         if self.bias:
             queries[:, vectors.shape[1]] = 1.0
-        rows, nprobe = np.arange(b), self.settings.nprobe
+        # Each row asks for C + its own seen count, and rows asking for the same count are searched together: a
+        # row's answer never depends on the other rows of its batch (quantised scores tie, and which tied items
+        # fill the last places depends on how many the search returns).
+        wanted = np.minimum(c + np.fromiter((0 if s is None else len(s) for s in seen), np.int64, count=b),
+                            self.num_items)
+        order = np.argsort(wanted, kind="stable")
+        counts, starts = np.unique(wanted[order], return_index=True)
+        for k, group in zip(counts, np.split(order, starts[1:]), strict=True):
+            self._fill(group, int(k), queries, seen, out, valid)
+        return out, valid
+
+    def _fill(self, rows: np.ndarray, k: int, queries: np.ndarray, seen, out: np.ndarray, valid: np.ndarray) -> None:
+        """out / valid of `rows`: their first C unseen items among the k best of the probed lists."""
+        c, nprobe = self.size, self.settings.nprobe
         while len(rows):
             _, found = self._search(queries[rows], k, nprobe)
             kept = (found >= 0) & ~self._seen(found, [seen[row] for row in rows])
@@ -308,7 +324,6 @@ class Retriever:
             if nprobe >= self.nlist:
                 break
             rows, nprobe = rows[take.sum(axis=1) < c], min(self.nlist, 4 * nprobe)
-        return out, valid
 
     def _seen(self, found: np.ndarray, seen: list[np.ndarray | None]) -> np.ndarray:
         """bool [B, k]: whether found[row, j] is in seen[row]. The seen items of a few rows at a time are marked in

@@ -52,7 +52,7 @@ class ServeConfig:
     retrieval: str = param("", "whole-catalogue ranking: auto (two-stage from --retrieval-threshold items), exact, "
                                "ann (two-stage); default: the package's config.json, else $NCF_RETRIEVAL, else auto")
     retrieval_threshold: int = param(0, "auto: serve two-stage from this many items (0: the package's / 100000)")
-    retrieval_candidates: int = param(0, "two-stage: items retrieved per user and re-ranked (0: the package's / 1000)")
+    retrieval_candidates: int = param(0, "two-stage: items retrieved per user and re-ranked (0: the package's / 500)")
     retrieval_nprobe: int = param(0, "two-stage: IVF lists searched per user (0: the package's / 64)")
     retrieval_nlist: int = param(0, "two-stage: IVF lists of the index (0: the package's / 2 sqrt(items)); a "
                                     "saved index with another count is rebuilt at load")

@@ -21,7 +21,14 @@ from ncf.errors import UserError
 from ncf.families.ncf import export
 from ncf.models import ModelSpec, build_model, ensemble_of
 from ncf.package import load_package, package_tables, save_package
-from ncf.retrieval import RetrievalSettings, Retriever, build_index, package_settings, retrieval_vectors
+from ncf.retrieval import (
+    RetrievalSettings,
+    Retriever,
+    build_index,
+    index_matches,
+    package_settings,
+    retrieval_vectors,
+)
 from serving.predictor import NCFModel
 from serving.recommender import Recommender
 from tests.conftest import REPO_ROOT
@@ -110,11 +117,10 @@ def test_exclude_seen_is_applied_before_the_cut(package):
 @pytest.mark.parametrize("marked_rows", [1, 3, NUM_USERS])
 def test_a_batch_excludes_each_users_own_seen_items(package, monkeypatch, marked_rows):
     """Users are retrieved together (the nightly batch): each row drops its own seen items (None: nothing), the
-    same as asking one user at a time, whatever number of rows the seen-item marks cover at once. (Float32 codes:
-    pq4's coarse scores tie, and ties may come back in another order when a batch asks for more items.)"""
+    same as asking one user at a time (pq4's coarse scores tie, so this needs each row to ask the index for its own
+    count whatever the others ask), whatever number of rows the seen-item marks cover at once."""
     monkeypatch.setattr("ncf.retrieval.SEEN_MARKS", marked_rows * NUM_ITEMS)
-    settings = package_settings(package.config).replace(nprobe=16, storage="flat")
-    retriever = Retriever(package.scorer, build_index(retrieval_vectors(package.scorer, settings), settings), settings)
+    retriever = Retriever(package.scorer, package.ann_index, package_settings(package.config).replace(nprobe=16))
     users = np.arange(NUM_USERS)
     seen = [None if u % 4 == 0 else package.seen_items(u) for u in users]
     items, valid = retriever.candidates(users, seen)
@@ -163,7 +169,7 @@ def test_with_every_item_a_candidate_two_stage_equals_exact(package, candidates)
             assert a.item_ids == b.item_ids and np.allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(("storage", "candidates"), [("pq4", 100), ("sq8", 40), ("flat", 40)])
+@pytest.mark.parametrize(("storage", "candidates"), [("pq4", 60), ("sq8", 40), ("flat", 40)])
 def test_an_exhaustive_search_retrieves_the_true_top_of_an_exact_inner_product(partition, tmp_path, storage,
                                                                                  candidates):
     """GMF's inner product is its logit (minus the bias): searching every list returns the exact top, so the
@@ -171,6 +177,9 @@ def test_an_exhaustive_search_retrieves_the_true_top_of_an_exact_inner_product(p
     (the 4-bit PQ codes are the coarsest: they need more)."""
     torch.manual_seed(1)
     gmf = build_model(ModelSpec("GMF", partition.num_users, partition.num_items, factor_num=16)).eval()
+    with torch.no_grad():  # factors of a trained model's spread (initialised at std 0.01, every score would tie)
+        gmf.embed_user_GMF.weight.normal_()
+        gmf.embed_item_GMF.weight.normal_()
     pkg = load_package(save(tmp_path / "gmf", partition, gmf))
     assert pkg.scorer.inner_product == "exact" and pkg.ann_index is None  # auto, 400 items: no index written
     ann = Recommender(pkg, retrieval=RetrievalSettings(mode="ann", candidates=candidates, nlist=8, nprobe=8,
@@ -179,6 +188,21 @@ def test_an_exhaustive_search_retrieves_the_true_top_of_an_exact_inner_product(p
     for user in range(NUM_USERS):
         a, b = ask(ann, f"u{user}", 10), ask(ref, f"u{user}", 10)
         assert a.item_ids == b.item_ids and np.allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_a_saved_index_is_reused_only_when_the_settings_would_build_it(package):
+    import faiss
+
+    settings = package_settings(package.config)
+    vectors = retrieval_vectors(package.scorer, settings)
+    index = build_index(vectors, settings)
+    assert faiss.extract_index_ivf(index).by_residual  # pq4 encodes residuals from the list centroids
+    assert index.d == vectors.shape[1] + vectors.shape[1] % 2  # padded to an even width
+    assert index_matches(index, NUM_ITEMS, vectors.shape[1], settings)
+    assert not index_matches(index, NUM_ITEMS, vectors.shape[1], settings.replace(storage="sq8"))
+    assert not index_matches(index, NUM_ITEMS, vectors.shape[1], settings.replace(nlist=8))
+    faiss.extract_index_ivf(index).by_residual = False  # as an index built before residual encoding
+    assert not index_matches(index, NUM_ITEMS, vectors.shape[1], settings)
 
 
 def test_a_package_with_an_index_round_trips(package, partition, tmp_path):

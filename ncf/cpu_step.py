@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ncf import hugepages
 from ncf.models import NCF, dropout_mask
 
 BETAS = (0.9, 0.999)
@@ -46,7 +47,8 @@ class CpuTrainStep:
         # Transposed views, made once: the weights are updated in place.
         self.transposed = {id(layer): layer.weight.t() for layer in (*self.linears, model.predict_layer)}
         # Rows: weights, first moments, second moments.
-        self.block = torch.zeros(3, spec.num_users + spec.num_items, self.gmf_width + self.mlp_width)
+        # Huge pages: each batch gathers and scatters random rows of a table of up to GBs.
+        self.block = hugepages.zeros(3, spec.num_users + spec.num_items, self.gmf_width + self.mlp_width)
         self.block_step = torch.zeros(())
         self.dense_moments = [torch.zeros_like(p) for p in self.dense], [torch.zeros_like(p) for p in self.dense]
         self.dense_step = torch.zeros(())

@@ -12,10 +12,9 @@ probability; apply a sigmoid for a probability).
 
 from __future__ import annotations
 
-import mmap
-
 import torch
 
+from ncf import hugepages
 from ncf.families.base import Scorer
 from ncf.models import NCF, ModelSpec, NCFEnsemble
 
@@ -25,16 +24,6 @@ ACTIVATION_BUDGET = 1 << 20
 # Scores per matmul when there is no tower (GMF): a matrix product over many users, not one GEMV per user (6x faster
 # per pair at 200k items: 1.6 ms against 10 ms per user, 2 cores); 64 MB of float32, as ncf.recommend's batches.
 SCORES_BUDGET = 1 << 24
-
-
-def _item_table(rows: int, width: int, device: torch.device) -> torch.Tensor:
-    """An uninitialised float32 [rows, width] table; on CPU in anonymous memory advised to use transparent huge
-    pages (Linux, where THP is "madvise"), so random row gathers over a table of GBs miss the TLB less."""
-    if device.type != "cpu" or not hasattr(mmap, "MADV_HUGEPAGE") or rows * width == 0:
-        return torch.empty(rows, width, device=device)
-    memory = mmap.mmap(-1, rows * width * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    memory.madvise(mmap.MADV_HUGEPAGE)
-    return torch.frombuffer(memory, dtype=torch.float32).view(rows, width)  # the tensor keeps `memory` alive
 
 
 def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -114,7 +103,7 @@ class ItemScorer(Scorer):
         k, n = spec.members, spec.num_items
         gmf_width = k * spec.factor_num if uses_gmf else 0
         first_width = first_w[0].shape[0] if first_w else 0
-        self.item_rows = _item_table(n, gmf_width + k * first_width, self.device)
+        self.item_rows = hugepages.zeros(n, gmf_width + k * first_width, device=self.device)
         if gmf_width:
             self.item_gmf = self.item_rows[:, :gmf_width]  # [N, K f]
             for m, table in enumerate(tables("embed_item_GMF.weight")):

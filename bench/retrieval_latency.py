@@ -51,17 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     rec = Recommender(package, retrieval=RetrievalSettings(mode="exact"))
     users = np.random.default_rng(0).integers(0, len(package.user_ids), args.users)
 
-    def per_row(call, rows: int) -> float:
+    def per_user(call, arguments=users) -> float:
+        """Mean milliseconds of call(a) over `arguments` (default: the sampled users)."""
         started = time.perf_counter()
-        for row in range(rows):
-            call(row)
-        return (time.perf_counter() - started) / rows * 1000
-
-    def per_user(call) -> float:
-        started = time.perf_counter()
-        for user in users:
-            call(user)
-        return (time.perf_counter() - started) / len(users) * 1000
+        for argument in arguments:
+            call(argument)
+        return (time.perf_counter() - started) / len(arguments) * 1000
 
     for storage in args.storages.split(","):
         settings = RetrievalSettings(mode="ann", storage=storage)
@@ -75,12 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             retriever = Retriever(package.scorer, index, settings.replace(candidates=candidates, nprobe=nprobe))
             rec.retriever = retriever
             retrieval = per_user(lambda u, r=retriever: r.candidates(np.array([u]), [rec.seen(u)]))
-            # The search alone, as candidates() calls it (values do not change its cost: zeros pad the width).
-            vectors = retriever.scorer.user_vectors(users).float().numpy()
-            queries = np.ascontiguousarray(np.pad(vectors, ((0, 0), (0, index.d - vectors.shape[1]))))
-            search = per_row(lambda row, r=retriever, q=queries, c=candidates, p=nprobe: r._search(q[row:row + 1],
-                                                                                                  c + 20, p),
-                             len(users))
+            # The search alone, one user at a time as candidates() sends it (with 20 seen items' room).
+            queries = retriever.queries(users)
+            search = per_user(lambda row, r=retriever, q=queries, c=candidates, p=nprobe: r._search(
+                q[row:row + 1], c + 20, p), range(len(users)))
             items = retriever.candidates(users[:1], [rec.seen(users[0])])[0]
             rerank = per_user(lambda u, c=items: package.scorer.score_candidates(np.array([u]), c))
             total = per_user(lambda u: rec.recommend([rec.query(package.user_ids[u], 10)]))

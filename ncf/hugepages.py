@@ -7,6 +7,7 @@ A random row gather over a table of GBs misses the TLB on nearly every row with 
 
 from __future__ import annotations
 
+import math
 import mmap
 
 import torch
@@ -15,9 +16,7 @@ import torch
 def zeros(*shape: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """A float32 tensor of zeros; on CPU in anonymous memory advised MADV_HUGEPAGE (zero-filled by the kernel),
     elsewhere (or without madvise) a plain `torch.zeros`."""
-    numel = 1
-    for size in shape:
-        numel *= size
+    numel = math.prod(shape)
     if torch.device(device).type != "cpu" or not hasattr(mmap, "MADV_HUGEPAGE") or numel == 0:
         return torch.zeros(*shape, device=device)
     memory = mmap.mmap(-1, numel * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)

@@ -292,11 +292,7 @@ class Retriever:
                     else np.setdiff1d(np.arange(self.num_items), excluded, assume_unique=True)
                 out[row, :len(items)], valid[row, :len(items)] = items, True
             return out, valid
-        vectors = self.scorer.user_vectors(users).float().numpy()
-        queries = np.zeros((b, self.index.d), dtype=np.float32)  # pq4's padding column stays 0
-        queries[:, :vectors.shape[1]] = vectors
-        if self.bias:
-            queries[:, vectors.shape[1]] = 1.0
+        queries = self.queries(users)
         # Each row asks for C + its own seen count, and rows asking for the same count are searched together: a
         # row's answer never depends on the other rows of its batch (quantised scores tie, and which tied items
         # fill the last places depends on how many the search returns).
@@ -307,6 +303,16 @@ class Retriever:
         for k, group in zip(counts, np.split(order, starts[1:]), strict=True):
             self._fill(group, int(k), queries, seen, out, valid)
         return out, valid
+
+    def queries(self, users: np.ndarray) -> np.ndarray:
+        """The index's query rows for `users`: their `user_vectors`, a 1 in the item-bias column when the index
+        has one, zeros in pq4's padding column."""
+        vectors = self.scorer.user_vectors(users).float().numpy()
+        queries = np.zeros((len(users), self.index.d), dtype=np.float32)
+        queries[:, :vectors.shape[1]] = vectors
+        if self.bias:
+            queries[:, vectors.shape[1]] = 1.0
+        return queries
 
     def _fill(self, rows: np.ndarray, k: int, queries: np.ndarray, seen, out: np.ndarray, valid: np.ndarray) -> None:
         """out / valid of `rows`: their first C unseen items among the k best of the probed lists."""

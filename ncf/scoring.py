@@ -98,8 +98,8 @@ class ItemScorer(Scorer):
     def _build_item_rows(self, spec: ModelSpec, tables, uses_gmf: bool, first_w, first_b) -> None:
         """One row per item holding all an item's per-item terms: the members' GMF factors ([K f], `item_gmf`)
         then each member's item half of the first tower layer, bias included ([K h1], `item_first`, viewed as
-        [K, N, h1]). `score_candidates` gathers one contiguous row per candidate instead of 1 + K scattered ones
-        (1M items, 1000 candidates, NeuMF x3: 0.33 ms against 0.69 ms, with huge pages)."""
+        [K, N, h1]). `score_candidates` gathers one contiguous row per candidate instead of 1 + K scattered ones:
+        fewer cache lines and, with huge pages, fewer TLB misses per candidate."""
         k, n = spec.members, spec.num_items
         gmf_width = k * spec.factor_num if uses_gmf else 0
         first_width = first_w[0].shape[0] if first_w else 0

@@ -3,8 +3,11 @@
 At the seed's batch size (256) an autograd step on CPU spends most of its time outside arithmetic: a dense gradient
 for every embedding table, zero-filled each step; dense Adam over all of them; autograd's bookkeeping per op. Here
 
-- the embedding tables live in one row block (user rows, then item rows; GMF columns, then MLP columns) next to their
-  Adam moments, so a batch reads its rows with one gather and writes them back with one scatter;
+- the embedding tables live in one row block (user rows, then item rows; GMF columns, then MLP columns), each row
+  beside its Adam moments: a batch gathers its distinct rows once and scatters them back once, and at retail scale,
+  where each random row is a miss to DRAM, a row's moments come from the same pages and nearly for free
+  (GMF, 1M users x 200k items, random batches of 1024: about 1.35x the samples/s of separate moment tables; on
+  tables that fit in cache, ML-100K's, its three strided gathers cost about 10%);
 - embedding rows follow lazy Adam: only rows in the batch move, and their moments decay only when touched (as in
   `torch.optim.SparseAdam`, with `torch.optim.Adam`'s epsilon); the MLP tower and the prediction layer follow dense
   (fused) Adam, with the L2 `weight_decay` of `torch.optim.Adam` (on embedding rows too, when they are touched);
@@ -46,9 +49,9 @@ class CpuTrainStep:
         self.dense = [p for layer in (*self.linears, model.predict_layer) for p in (layer.weight, layer.bias)]
         # Transposed views, made once: the weights are updated in place.
         self.transposed = {id(layer): layer.weight.t() for layer in (*self.linears, model.predict_layer)}
-        # Rows: weights, first moments, second moments.
+        # Each row: weights, first moments, second moments.
         # Huge pages: each batch gathers and scatters random rows of a table of up to GBs.
-        self.block = hugepages.zeros(3, spec.num_users + spec.num_items, self.gmf_width + self.mlp_width)
+        self.block = hugepages.zeros(spec.num_users + spec.num_items, 3, self.gmf_width + self.mlp_width)
         self.block_step = torch.zeros(())
         self.dense_moments = [torch.zeros_like(p) for p in self.dense], [torch.zeros_like(p) for p in self.dense]
         self.dense_step = torch.zeros(())
@@ -71,22 +74,23 @@ class CpuTrainStep:
     @torch.no_grad()
     def pull(self) -> None:
         for embedding, rows, columns in self._tables():
-            self.block[0, rows, columns] = embedding.weight
+            self.block[rows, 0, columns] = embedding.weight
 
     @torch.no_grad()
     def push(self) -> None:
         for embedding, rows, columns in self._tables():
-            embedding.weight.copy_(self.block[0, rows, columns])
+            embedding.weight.copy_(self.block[rows, 0, columns])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"moments": self.block[1:].clone(), "block_step": self.block_step.clone(),
+        moments = self.block[:, 1:].transpose(0, 1).clone(memory_format=torch.contiguous_format)
+        return {"moments": moments, "block_step": self.block_step.clone(),
                 "dense_exp_avg": [t.clone() for t in self.dense_moments[0]],
                 "dense_exp_avg_sq": [t.clone() for t in self.dense_moments[1]],
                 "dense_step": self.dense_step.clone(), "dropout_rng": self.dropout_bits.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the moments; the weights come from the model (load its state first)."""
-        self.block[1:] = state["moments"]
+        self.block[:, 1:] = state["moments"].transpose(0, 1)
         self.block_step.copy_(state["block_step"])
         self.dense_step.copy_(state["dense_step"])
         self.dropout_bits.state = state["dropout_rng"]
@@ -102,8 +106,14 @@ class CpuTrainStep:
                  weights: torch.Tensor | None = None) -> torch.Tensor:
         """One Adam step on a batch; returns the batch's summed (weighted) BCE loss, as a tensor."""
         batch, gmf = users.numel(), self.gmf_width
-        index = torch.cat((users, items + self.num_users))
-        rows = self.block[0].index_select(0, index)
+        # Duplicates' gradients are summed before the update, as a dense gradient would be.
+        unique, inverse = torch.unique(torch.cat((users, items + self.num_users)), return_inverse=True)
+        # Weights and moments of the distinct rows, each part contiguous: the fused Adam kernel silently
+        # miscomputes strided views.
+        touched = torch.empty(3, unique.numel(), self.block.shape[2])
+        for part in range(3):
+            torch.index_select(self.block[:, part], 0, unique, out=touched[part])
+        rows = touched[0].index_select(0, inverse)
         user_rows, item_rows = rows[:batch], rows[batch:]
 
         parts = []
@@ -153,12 +163,11 @@ class CpuTrainStep:
             dense_grads = tower_grads + dense_grads
 
         self._adam(self.dense, dense_grads, *self.dense_moments, self.dense_step)
-        # Lazy Adam on the rows this batch used; duplicates' gradients are summed first, as a dense gradient would.
-        unique, inverse = torch.unique(index, return_inverse=True)
+        # Lazy Adam on the rows this batch used.
         row_grads = torch.zeros(unique.numel(), grad_rows.shape[1]).index_add_(0, inverse, grad_rows)
-        touched = self.block.index_select(1, unique)
         self._adam([touched[0]], [row_grads], [touched[1]], [touched[2]], self.block_step)
-        self.block.index_copy_(1, unique, touched)
+        for part in range(3):
+            self.block[:, part].index_copy_(0, unique, touched[part])
         return loss
 
     def _adam(self, params, grads, exp_avgs, exp_avg_sqs, step: torch.Tensor) -> None:

@@ -715,14 +715,16 @@ class _Logger:
             return
         import mlflow
 
-        from ncf.registry import active_store
+        from ncf.registry import active_store, ensure_experiment
 
         self.mlflow = mlflow
         # Scoped, so the store does not leak into MLFLOW_TRACKING_URI for the rest of the process.
         self._store = contextlib.ExitStack()
         try:
             self._store.enter_context(active_store(config.tracking_uri))
-            mlflow.set_experiment(config.experiment)
+            # Not mlflow.set_experiment(name): it creates the experiment with artifacts in ./mlruns of whatever
+            # directory the step runs in; ensure_experiment keeps a sqlite store's artifacts next to its database.
+            mlflow.set_experiment(experiment_id=ensure_experiment(config.tracking_uri, config.experiment))
             run = mlflow.start_run(run_name=storage.join(config.output_uri).rstrip("/").rsplit("/", 1)[-1])
         except Exception as exc:  # MLflow raises many types for unreachable / misconfigured stores
             self._store.close()

@@ -164,10 +164,13 @@ def test_pretrained_neumf(tiny_partition_uri, tmp_path, capsys):
     assert 2 <= captured.out.count("HR=") <= 3
 
 
-def test_mlflow_logging(tiny_partition_uri, tmp_path):
+def test_mlflow_logging(tiny_partition_uri, tmp_path, monkeypatch):
     import mlflow
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
     result = run(_config(tiny_partition_uri, tmp_path / "m", epochs=2, tracking_uri=tracking, experiment="t",
                          refit=True))
     client = mlflow.MlflowClient(tracking)
@@ -187,6 +190,9 @@ def test_mlflow_logging(tiny_partition_uri, tmp_path):
     assert mlflow_run.data.metrics["full_hr_at_10"] == pytest.approx(result.metrics["full_hr@10"])
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id, "package")}
     assert "package/weights.safetensors" in artifacts
+    # The run's artifacts sit beside the database, not in ./mlruns of the directory the step ran in.
+    assert mlflow_run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+    assert not (workdir / "mlruns").exists()
     assert load_package(result.model_uri).config["mlflow_run_id"] == result.mlflow_run_id
     assert "MLFLOW_TRACKING_URI" not in os.environ, "the store must not leak into later defaults"
 

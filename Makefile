@@ -33,12 +33,16 @@ demo-stop: setup
 	  state = pathlib.Path("runs/demo/serving/ncf-local.json"); \
 	  state.exists() and stop_local_server(int(json.loads(state.read_text())["pid"]))'
 
+# A pytest-xdist worker per core, at most 4 (each may hold a Spark JVM; TEST_WORKERS=0: one process), each taking
+# whole files, so module fixtures are built once; tests/conftest.py puts the files with slow tests first.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
+PARALLEL_TESTS = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: setup java
 	bash scripts/ensure_postgres.sh && bash scripts/ensure_kubectl.sh $(PY)
-	$(PY) -m pytest -q --timeout=900 --durations=25
+	$(PY) -m pytest -q --timeout=900 --durations=25 $(PARALLEL_TESTS)
 
 test-fast: setup java
-	$(PY) -m pytest -q -m "not slow" --timeout=600
+	$(PY) -m pytest -q -m "not slow" --timeout=600 $(PARALLEL_TESTS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,13 @@ SHARED = Path(os.environ.get("NCF_SHARED_DIR", REPO_ROOT.parent / "shared"))
 ML100K = SHARED / "datasets" / "ml-100k" / "u.data"
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Files holding slow tests run first. `make test` runs a pytest-xdist worker per core, each taking a whole
+    file at a time in this order, so no minutes-long file starts last while the other worker sits idle."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the collection order within each group
+
+
 @pytest.fixture(scope="session")
 def ml100k_path() -> Path:
     """MovieLens-100K `u.data`, read from ../shared (its licence forbids committing it)."""

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -132,6 +133,24 @@ def test_a_batch_excludes_each_users_own_seen_items(package, monkeypatch, marked
             assert not set(items[user].tolist()) & set(seen[user].tolist())
     unfiltered, _ = retriever.candidates(users, [None] * NUM_USERS)
     assert any(set(unfiltered[u].tolist()) & set(package.seen_items(u).tolist()) for u in users)
+
+
+def test_one_calls_seen_items_never_leak_into_the_next(package):
+    """The seen-marks matrix is kept per thread and cleared after each use: a retriever that has just excluded every
+    user's seen items answers another exclusion exactly as a fresh one does, in its own thread or another."""
+    settings = package_settings(package.config).replace(nprobe=16)
+    used = Retriever(package.scorer, package.ann_index, settings)
+    users = np.arange(NUM_USERS)
+    for user in users:
+        used.candidates(users, [package.seen_items(u) for u in users])  # marks rows 0.. with everybody's items
+        other = [package.seen_items((user + 1) % NUM_USERS)]  # excluded now: someone else's items
+        fresh = Retriever(package.scorer, package.ann_index, settings)
+        np.testing.assert_array_equal(used.candidates(users[user:user + 1], other)[0],
+                                      fresh.candidates(users[user:user + 1], other)[0])
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda u: used.candidates(users[u:u + 1], [package.seen_items(u)])[0], users))
+    for user, answer in zip(users, answers, strict=True):
+        np.testing.assert_array_equal(answer, used.candidates(users[user:user + 1], [package.seen_items(user)])[0])
 
 
 def test_users_whose_probed_lists_hold_too_few_items_are_topped_up(package):

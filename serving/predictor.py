@@ -42,6 +42,9 @@ from serving.recommender import DEFAULT_K, MAX_INSTANCES, MAX_K, Recommender, Re
 MODEL_NAME = "ncf"
 DEFAULT_MODEL_DIR = "/mnt/models"
 MAX_ID_LENGTH = 256
+# A lone request scoring at most this many (user, item) pairs is scored on the event loop (ScoringQueue): a 1M-item
+# two-stage query re-ranks 500 candidates (~2 ms); an exact query over 100,000 items (~90 ms for NeuMF x3) is not.
+INLINE_SCORES = 20_000
 
 RECOMMENDATIONS = Counter("ncf_recommendations", "Recommendation lists served, by kind (model or popularity fallback)",
                           ["model_name", "kind"])
@@ -50,19 +53,37 @@ LOADS = Counter("ncf_model_loads", "Model (re)loads, by outcome", ["model_name",
 
 
 class ScoringQueue:
-    """One scoring thread; requests that arrive while it is busy are scored together in its next forward.
+    """Where requests are scored: on the event loop when a request is alone and small, else on one scoring thread
+    where requests that arrive while it is busy are scored together in its next forward.
 
-    torch releases the GIL, so the event loop parses and answers other requests while a forward runs (HTTP work
-    and scoring overlap when the pod has a second core), and under concurrency the queued requests share one
-    batched forward (less per-call overhead). A lone request is scored at once: no batching delay.
+    - Alone and small (nothing else in flight, at most `INLINE_SCORES` (user, item) scores): scored at once on the
+      event loop. Handing a request to a thread and back costs two wake-ups, ~1 ms of a 1M-item request's 4.3 ms
+      (bench/serve.py, docs/serving.md), and a lone request gains nothing from another thread.
+    - Otherwise the scoring thread: torch releases the GIL, so the event loop parses and answers other requests while
+      a forward runs (HTTP work and scoring overlap when the pod has a second core), the queued requests share one
+      batched forward (less per-call overhead), and a large request (an exact whole-catalogue ranking) never blocks
+      the loop, its health probes included.
+    A request yields to the loop once before choosing, so requests that arrived together see each other.
     """
 
     def __init__(self):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ncf-scoring")
         self._lock = threading.Lock()
         self._pending: list[tuple[Recommender, list, asyncio.Future, asyncio.AbstractEventLoop]] = []
+        self._in_flight = 0  # requests inside recommend(), on either path (event-loop thread only)
 
     async def recommend(self, recommender: Recommender, queries: list) -> list:
+        self._in_flight += 1
+        try:
+            if recommender.scores_per_query * len(queries) <= INLINE_SCORES:
+                await asyncio.sleep(0)  # let requests that arrived with this one get here too
+                if self._in_flight == 1:
+                    return recommender.recommend(queries)
+            return await self._on_thread(recommender, queries)
+        finally:
+            self._in_flight -= 1
+
+    async def _on_thread(self, recommender: Recommender, queries: list) -> list:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._lock:
@@ -172,6 +193,9 @@ class NCFModel(Model):
         self.retrieval_overrides = dict(retrieval or {})
         self.recommender: Recommender | None = None
         self.version: str | None = None
+        # The counters' children, looked up once: `labels()` costs a lock and a dict lookup per call.
+        self._served = {kind: RECOMMENDATIONS.labels(name, kind) for kind in ("model", "fallback")}
+        self._invalid = INVALID_REQUESTS.labels(name)
 
     def load(self) -> bool:
         try:
@@ -200,16 +224,16 @@ class NCFModel(Model):
             recs = await self._recommend(self.recommender.parse_instances(payload["instances"]))
             return {"predictions": [r.to_dict() for r in recs], "model_version": self.version}
         except RequestError as exc:
-            INVALID_REQUESTS.labels(self.name).inc()
+            self._invalid.inc()
             raise InvalidInput(str(exc)) from exc
 
     async def _recommend(self, queries):
         recs = await SCORING.recommend(self.recommender, queries)
         fallbacks = sum(r.fallback for r in recs)
         if fallbacks:
-            RECOMMENDATIONS.labels(self.name, "fallback").inc(fallbacks)
+            self._served["fallback"].inc(fallbacks)
         if len(recs) > fallbacks:
-            RECOMMENDATIONS.labels(self.name, "model").inc(len(recs) - fallbacks)
+            self._served["model"].inc(len(recs) - fallbacks)
         return recs
 
     async def _predict_v2(self, request: InferRequest) -> InferResponse:

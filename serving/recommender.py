@@ -79,6 +79,11 @@ class Recommender:
         self.retriever: Retriever | None = Retriever.for_package(package, self.retrieval, **kwargs)
 
     @property
+    def scores_per_query(self) -> int:
+        """Items one whole-catalogue query scores: the catalogue, or the two-stage path's candidates."""
+        return self.num_items if self.retriever is None else self.retriever.size
+
+    @property
     def path(self) -> str:
         """How whole-catalogue queries are ranked: "exact" or a description of the two-stage path."""
         return "exact" if self.retriever is None else self.retriever.describe()

@@ -179,12 +179,18 @@ def test_metadata_health_and_metrics(served):
     assert [o["name"] for o in meta["outputs"]] == ["item_ids", "scores", "fallback"]
     assert requests.get(f"{served.url}/v2/health/live", timeout=5).json()["live"] is True
     assert requests.get(f"{served.url}/v2/models/ncf/ready", timeout=5).json()["ready"] is True
-    v1(served, {"user_id": "u1"}, {"user_id": "nobody-knows"})
-    metrics = requests.get(f"{served.url}/metrics", timeout=5).text
-    assert 'ncf_recommendations_total{kind="fallback",model_name="ncf"}' in metrics
-    assert 'ncf_recommendations_total{kind="model",model_name="ncf"}' in metrics
-    assert "ncf_invalid_requests_total" in metrics
-    assert "request_predict_seconds" in metrics  # KServe's own latency histograms
+    names = ('ncf_recommendations_total{kind="model",model_name="ncf"}',
+             'ncf_recommendations_total{kind="fallback",model_name="ncf"}', 'ncf_invalid_requests_total{model_name="ncf"}')
+
+    def counts() -> list[float]:
+        lines = requests.get(f"{served.url}/metrics", timeout=5).text.splitlines()
+        return [next(float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith(name + " ")) for name in names]
+
+    before = counts()
+    v1(served, {"user_id": "u1"}, {"user_id": "nobody-knows"}, {"user_id": "u2"})
+    requests.post(f"{served.url}/v1/models/ncf:predict", json={"instances": [{"user_id": "u1", "k": 0}]}, timeout=5)
+    assert [after - was for after, was in zip(counts(), before, strict=True)] == [2, 1, 1]
+    assert "request_predict_seconds" in requests.get(f"{served.url}/metrics", timeout=5).text  # KServe's histograms
 
 
 def test_hot_swap_under_load_has_zero_failed_requests(served):

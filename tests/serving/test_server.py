@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,35 @@ def test_registry_source_needs_a_tracking_uri(monkeypatch):
 def test_serve_cli_reports_a_missing_package(tmp_path, capsys):
     assert server.main(["--model-uri", str(tmp_path / "nothing-here")]) == 2
     assert "no such model package" in capsys.readouterr().err
+
+
+def test_a_lone_small_request_is_scored_on_the_event_loop_and_a_large_one_on_the_scoring_thread(tmp_path,
+                                                                                               monkeypatch):
+    """Handing a lone request to the scoring thread and back only adds wake-ups; a request scoring more than
+    INLINE_SCORES items must not block the event loop (health probes), so it goes to the thread."""
+    from ncf.package import load_package
+    from serving import predictor
+    from serving.recommender import Recommender
+
+    partition = make_partition(num_users=30, num_items=60, per_user=5, num_neg=5)
+    recommender = Recommender(load_package(make_package(str(tmp_path / "pkg"), partition,
+                                                        oracle_model(partition, 0.5))))
+    threads = []
+    recommend = recommender.recommend
+    recommender.recommend = lambda queries: threads.append(threading.current_thread().name) or recommend(queries)
+    queue = predictor.ScoringQueue()
+
+    async def one(users: int):
+        loop_thread = threading.current_thread().name
+        answer = await queue.recommend(recommender, [recommender.query(f"u{i}", 3) for i in range(users)])
+        return loop_thread, answer
+
+    assert recommender.scores_per_query == 60
+    monkeypatch.setattr(predictor, "INLINE_SCORES", 120)
+    loop_thread, answer = asyncio.run(one(2))  # 2 x 60 scores: inline
+    assert threads == [loop_thread] and [a.user_id for a in answer] == ["u0", "u1"]
+    loop_thread, answer = asyncio.run(one(3))  # 180 scores: the scoring thread
+    assert threads[1].startswith("ncf-scoring") and threads[1] != loop_thread and len(answer) == 3
 
 
 def test_concurrent_requests_share_forwards_and_get_their_own_answers(tmp_path):

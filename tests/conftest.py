@@ -13,6 +13,17 @@ SHARED = Path(os.environ.get("NCF_SHARED_DIR", REPO_ROOT.parent / "shared"))
 ML100K = SHARED / "datasets" / "ml-100k" / "u.data"
 
 
+def pytest_configure(config) -> None:
+    """Spark drivers start from a class-data-sharing archive with C1 only (tests/spark_jvm.py). The controller
+    dumps the archive before xdist starts its workers, which inherit the environment."""
+    from tests import spark_jvm
+
+    if "SPARK_SUBMIT_OPTS" in os.environ:
+        return
+    archive = spark_jvm.ensure_archive() if not hasattr(config, "workerinput") else spark_jvm.archive_path()
+    os.environ["SPARK_SUBMIT_OPTS"] = spark_jvm.java_options(archive if archive and archive.exists() else None)
+
+
 def pytest_collection_modifyitems(items) -> None:
     """Files holding slow tests run first. `make test` runs a pytest-xdist worker per core, each taking a whole
     file at a time in this order, so no minutes-long file starts last while the other worker sits idle."""

@@ -18,6 +18,7 @@ def pytest_configure(config) -> None:
     dumps the archive before xdist starts its workers, which inherit the environment."""
     from tests import spark_jvm
 
+    os.environ.setdefault("SPARK_DAEMON_JAVA_OPTS", spark_jvm.DAEMON_OPTIONS)
     if "SPARK_SUBMIT_OPTS" in os.environ:
         return
     archive = spark_jvm.ensure_archive() if not hasattr(config, "workerinput") else spark_jvm.archive_path()

@@ -16,3 +16,5 @@ def test_the_suites_jvm_options_reach_the_running_driver(spark):
     assert wanted and set(wanted) <= set(arguments), arguments
     archive = next((w.split("=", 1)[1] for w in wanted if w.startswith("-XX:SharedArchiveFile=")), None)
     assert archive is None or os.path.exists(archive)
+    # a spark.* system property of the driver is a Spark setting: a standalone cluster's executors get C1 too
+    assert "-XX:TieredStopAtLevel=1" in spark.sparkContext.getConf().get("spark.executor.extraJavaOptions").split()

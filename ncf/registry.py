@@ -6,7 +6,8 @@
 - Aliases, not stages: `champion` is what serving uses, `challenger` the latest candidate.
 - Stores: a sqlite file + a local artifact directory by default (`sqlite:///<root>/mlflow.db`, artifacts in
   `<root>/mlartifacts`); any tracking server URI (`http://...`, e.g. `mlflow server` on PostgreSQL + S3) works.
-  A fresh sqlite store is created (MLflow's migrations) by one process at a time: a file lock next to the .db.
+  A fresh sqlite store is created by one process at a time (a file lock next to the .db), as a copy of an empty
+  migrated store kept per machine (`_store_template`), else by MLflow's migrations.
 - `gate_lock`: the gate's read champion -> score -> move alias runs one at a time per model name, for any store,
   through MLflow's own API (docs/serving.md, "Concurrent gates").
 """
@@ -86,6 +87,55 @@ def _sqlite_store_is_current(db: Path) -> bool:
     return row is not None and row[0] == _get_latest_schema_revision()
 
 
+def _store_template() -> Path | None:
+    """An empty store with MLflow's migrations run, made once per machine and schema revision (under
+    $XDG_CACHE_HOME, else ~/.cache): MLflow's ~50 alembic migrations take ~3 s for every fresh store, a copy takes
+    milliseconds. None when it cannot be made (a read-only home, say): the caller then migrates as MLflow does."""
+    import sqlite3
+
+    from mlflow import MlflowClient
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ncf-platform"
+    template = cache / f"mlflow-store-{_get_latest_schema_revision()}.db"
+    if _sqlite_store_is_current(template):
+        return template
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+            fresh = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            fresh.search_experiments(max_results=1)
+            fresh.search_registered_models(max_results=1)
+            os.replace(Path(tmp) / "mlflow.db", template)  # whole or absent; concurrent makers write the same
+    except (OSError, sqlite3.Error):
+        return None
+    return template if _sqlite_store_is_current(template) else None
+
+
+def _store_from_template(db: Path) -> bool:
+    """Create the store `db` as a copy of the template, its Default experiment's artifacts beside it (as
+    `ensure_experiment` puts every other experiment's), published by one rename; False when there is no template."""
+    import sqlite3
+
+    template = _store_template()
+    if template is None:
+        return False
+    partial = db.with_name(f"{db.name}.{os.getpid()}.partial")
+    try:
+        shutil.copyfile(template, partial)
+        with contextlib.closing(sqlite3.connect(partial)) as conn:
+            now_ms = int(time.time() * 1000)
+            conn.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ? "
+                         "WHERE experiment_id = 0", ((db.parent / "mlartifacts" / "0").as_uri(), now_ms, now_ms))
+            conn.commit()
+        os.replace(partial, db)
+    except (OSError, sqlite3.Error):
+        partial.unlink(missing_ok=True)
+        return False
+    return True
+
+
 def _ensure_sqlite_store(tracking_uri: str, db: Path) -> None:
     """Create (or migrate) a sqlite store in one process only: MLflow runs its alembic migrations in every process
     that finds tables missing, and two at once crash one another. A file lock next to the .db serialises that;
@@ -100,10 +150,11 @@ def _ensure_sqlite_store(tracking_uri: str, db: Path) -> None:
         db.parent.mkdir(parents=True, exist_ok=True)
         try:
             with FileLock(f"{db}.init-lock", timeout=_SQLITE_INIT_TIMEOUT_S):
-                # Each store (tracking, registry) creates its tables on first use: touch both under the lock.
-                fresh = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-                fresh.search_experiments(max_results=1)
-                fresh.search_registered_models(max_results=1)
+                if db.exists() or not _store_from_template(db):
+                    # Each store (tracking, registry) creates its tables on first use: touch both under the lock.
+                    fresh = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+                    fresh.search_experiments(max_results=1)
+                    fresh.search_registered_models(max_results=1)
         except Timeout:
             raise UserError(f"{db}: another process has been creating this MLflow store for over "
                             f"{_SQLITE_INIT_TIMEOUT_S:.0f}s (lock {db}.init-lock); retry when it is done") from None

@@ -157,15 +157,17 @@ assert registry.alias_version(uri, "ncf", "champion") is None
 @pytest.mark.parametrize("attempt", range(3))
 def test_concurrent_first_use_of_a_fresh_sqlite_store(tmp_path, attempt):
     """Three processes open the same not-yet-existing store at once (the failure: each ran MLflow's migrations, and
-    one crashed with an alembic error)."""
+    one crashed with an alembic error), creating it from the template or, without one, by migrations."""
     import subprocess
     import sys
     import time
 
     uri = registry.default_tracking_uri(tmp_path / "root")
     go = tmp_path / "go"
+    # Attempt 0 without a usable template cache (a file where its directory would be): MLflow's migrations run.
+    env = {**os.environ, **({"XDG_CACHE_HOME": str(tmp_path / "go")} if attempt == 0 else {})}
     procs = [subprocess.Popen([sys.executable, "-c", _FIRST_USE, uri, str(tmp_path / f"ready-{i}"), str(go)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(3)]
     deadline = time.monotonic() + 120
     while not all((tmp_path / f"ready-{i}").exists() for i in range(3)):
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
@@ -175,6 +177,35 @@ def test_concurrent_first_use_of_a_fresh_sqlite_store(tmp_path, attempt):
         _, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err[-3000:]
     assert registry.client(uri).get_experiment_by_name(registry.DEFAULT_EXPERIMENT) is not None
+
+
+def test_a_fresh_store_is_a_copy_of_the_migrated_template(tmp_path, monkeypatch):
+    """The first fresh store on a machine makes the template; later ones are copies, no migration runs, and each
+    one's Default experiment keeps its artifacts beside it. Without a usable cache MLflow migrates as before."""
+    from mlflow.store.db import utils
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = registry.default_tracking_uri(tmp_path / "a")
+    assert registry.ensure_experiment(first) == "1"
+    assert list((tmp_path / "cache" / "ncf-platform").glob("mlflow-store-*.db"))
+
+    def no_migrations(*_):
+        raise AssertionError("a store made from the template ran MLflow's migrations")
+
+    monkeypatch.setattr(utils, "_initialize_tables", no_migrations)
+    monkeypatch.setattr(utils, "_upgrade_db", no_migrations)
+    copied = registry.default_tracking_uri(tmp_path / "b")
+    client = registry.client(copied)
+    assert client.get_experiment("0").artifact_location == (tmp_path / "b" / "mlartifacts" / "0").as_uri()
+    assert registry.ensure_experiment(copied) == "1" and client.search_registered_models() == []
+    client.create_registered_model("ncf")
+    assert [m.name for m in registry.client(first).search_registered_models()] == []  # stores share nothing
+    monkeypatch.undo()
+
+    (tmp_path / "not-a-dir").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-dir"))
+    migrated = registry.default_tracking_uri(tmp_path / "c")
+    assert registry.ensure_experiment(migrated) == "1"
 
 
 def test_gate_lock_excludes_and_queues(tmp_path):

@@ -57,7 +57,7 @@ class ScoringQueue:
     where requests that arrive while it is busy are scored together in its next forward.
 
     - Alone and small (nothing else in flight, at most `INLINE_SCORES` (user, item) scores): scored at once on the
-      event loop. Handing a request to a thread and back costs two wake-ups, ~1 ms of a 1M-item request's 4.3 ms
+      event loop. Handing a request to a thread and back costs two wake-ups, ~0.5 ms of a 1M-item request's 4.3 ms
       (bench/serve.py, docs/serving.md), and a lone request gains nothing from another thread.
     - Otherwise the scoring thread: torch releases the GIL, so the event loop parses and answers other requests while
       a forward runs (HTTP work and scoring overlap when the pod has a second core), the queued requests share one

@@ -147,8 +147,10 @@ class ItemScorer(Scorer):
             if items is None:
                 h = user_first[:, :, None, :] + self.item_first[:, None, span]  # [K, B, N, h1]
             else:
-                h = rows[:, :, gmf_width:].reshape(b, -1, k, h1).permute(2, 0, 1, 3).contiguous()  # [K, B, C, h1]
-                h.add_(user_first[:, :, None, :])
+                # [K, B, C, h1] in member-major layout, written by the sum itself (one pass, not a copy then an add)
+                h = torch.empty(k, b, items.shape[1], h1, device=rows.device)
+                torch.add(rows[:, :, gmf_width:].reshape(b, -1, k, h1).permute(2, 0, 1, 3), user_first[:, :, None, :],
+                          out=h)
             k, b, n, _ = h.shape
             h = torch.relu_(h.reshape(k, b * n, -1))  # a copy only if the sum came out in item-major layout
             for weight, bias in self.tower:
@@ -185,5 +187,6 @@ class ItemScorer(Scorer):
         if items.dim() == 1:
             items = items.expand(len(users), -1)
         step = max(1, ACTIVATION_BUDGET // max(1, items.shape[1] * self.candidate_width))
-        return torch.cat([self._score(users[i:i + step], items[i:i + step]) for i in range(0, len(users), step)]) \
-            if len(users) else torch.empty(0, items.shape[1], device=self.device)
+        if len(users) <= step:  # one chunk (a serving request): no concatenation copy
+            return self._score(users, items) if len(users) else torch.empty(0, items.shape[1], device=self.device)
+        return torch.cat([self._score(users[i:i + step], items[i:i + step]) for i in range(0, len(users), step)])

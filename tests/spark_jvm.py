@@ -4,7 +4,7 @@ The suite starts a few dozen driver JVMs (module fixtures, `ncfctl` subprocesses
 each loading Spark's ~20,000 classes and compiling them for jobs of a few thousand rows. `tests/conftest.py` sets
 Spark's SPARK_SUBMIT_OPTS (the driver JVM's options in client mode, pyspark sessions included; inherited by
 subprocesses) to
-- a class-data-sharing archive of those classes, dumped once per machine by a tiny session into `.ncf/spark-cds/`
+- a class-data-sharing archive of those classes, dumped once per machine by a small session into `.ncf/spark-cds/`
   (JDK dynamic CDS, keyed by the pyspark version and the java binary; a stale or missing archive is ignored by the
   JVM, silently), and
 - the C1 compiler only (`-XX:TieredStopAtLevel=1`), for the standalone cluster's daemons and executors too: C2 pays
@@ -34,10 +34,10 @@ from spark.session import get_spark
 spark = get_spark()
 frame = spark.range(1000).selectExpr("id % 7 AS k", "id AS v", "current_timestamp() AS ts")
 frame.groupBy("k").count().collect()
-out = tempfile.mkdtemp()
-frame.write.parquet(out + "/p")
-frame.write.option("header", True).csv(out + "/c")
-spark.read.parquet(out + "/p").join(spark.read.option("header", True).csv(out + "/c"), "v").count()
+with tempfile.TemporaryDirectory() as out:
+    frame.write.parquet(out + "/p")
+    frame.write.option("header", True).csv(out + "/c")
+    spark.read.parquet(out + "/p").join(spark.read.option("header", True).csv(out + "/c"), "v").count()
 """
 
 
@@ -56,7 +56,7 @@ def archive_path() -> Path | None:
 
 
 def ensure_archive(timeout_s: float = 300) -> Path | None:
-    """The archive, dumped now when missing (~20 s, once); None when it could not be made (the suite then starts
+    """The archive, dumped now when missing (~40 s on 2 cores, once); None when it could not be made (the suite then starts
     Spark the usual way)."""
     archive = archive_path()
     if archive is None or archive.exists():
@@ -79,4 +79,4 @@ def java_options(archive: Path | None) -> str:
     """SPARK_SUBMIT_OPTS: the driver's options, and C1 for the executors of a standalone cluster too (a `spark.*`
     system property of the driver is a Spark setting)."""
     shared = f"-XX:SharedArchiveFile={archive} " if archive is not None else ""
-    return f"{shared}-XX:TieredStopAtLevel=1 {QUIET} -Dspark.executor.extraJavaOptions={C1}"
+    return f"{shared}{C1} {QUIET} -Dspark.executor.extraJavaOptions={C1}"

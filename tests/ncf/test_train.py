@@ -403,3 +403,74 @@ def test_loss_guard_rules():
         train._check_loss("NeuMF", 1, 7.0, None, settings)
     with pytest.raises(UserError, match="training loss is nan; lower --lr"):
         train._check_loss("NeuMF", 1, float("nan"), None, settings)
+
+
+class _RecordingStep:
+    """A training step that records the batches it is given (the samples an epoch feeds the model)."""
+
+    def __init__(self):
+        self.batches: list[tuple[torch.Tensor, ...]] = []
+
+    def __call__(self, users, items, targets, weights=None):
+        self.batches.append((users.clone(), items.clone(), targets.clone(),
+                             torch.ones_like(targets) if weights is None else weights.clone()))
+        return targets.sum()
+
+    def push(self):
+        pass
+
+
+def _epoch_batches(rows: Interactions, num_neg: int, batch_size: int, weights: torch.Tensor | None, seed: int = 3,
+                   rank: int = 0, world_size: int = 1):
+    users = torch.from_numpy(rows.users.astype(np.int64))
+    items = torch.from_numpy(rows.items.astype(np.int64))
+    step = _RecordingStep()
+    runner = train.EpochRunner(step, users, items, train.NegativeSampler(users, items, rows.num_users, rows.num_items),
+                               num_neg, batch_size, rank, world_size, weights)
+    loss = runner.run(torch.Generator().manual_seed(seed))
+    return step.batches, loss, runner.steps
+
+
+@pytest.mark.parametrize("chunk_samples", [1, 100, 1 << 20])
+def test_an_epoch_is_every_positive_once_and_num_neg_unseen_negatives_each_whatever_the_chunk(tiny_partition,
+                                                                                               monkeypatch,
+                                                                                               chunk_samples):
+    rows = Interactions.of(tiny_partition)
+    weights = torch.linspace(0.5, 1.5, rows.users.size)
+    reference, reference_loss, _ = _epoch_batches(rows, 3, 32, weights)
+    monkeypatch.setattr(train.EpochRunner, "CHUNK_SAMPLES", chunk_samples)
+    batches, loss, steps = _epoch_batches(rows, 3, 32, weights)
+
+    # The chunk size changes how much is gathered at once, never which samples form which batch.
+    assert len(batches) == len(reference) == steps
+    for got, expected in zip(batches, reference, strict=True):
+        for a, b in zip(got, expected, strict=True):
+            assert torch.equal(a, b)
+    assert torch.equal(loss, reference_loss)
+
+    users, items, targets, sample_weights = (torch.cat(parts) for parts in zip(*batches, strict=True))
+    assert len(batches[0][0]) == 32 and users.numel() == rows.users.size * 4
+    positive = targets == 1
+    got_positives = sorted(zip(users[positive].tolist(), items[positive].tolist(), sample_weights[positive].tolist(),
+                               strict=True))
+    assert got_positives == sorted(zip(rows.users.tolist(), rows.items.tolist(), weights.tolist(), strict=True))
+    assert torch.equal(sample_weights[~positive], torch.ones(int((~positive).sum())))
+    seen = set(zip(rows.users.tolist(), rows.items.tolist(), strict=True))
+    negatives = list(zip(users[~positive].tolist(), items[~positive].tolist(), strict=True))
+    assert not seen & set(negatives)
+    per_user = np.bincount([u for u, _ in negatives], minlength=rows.num_users)
+    assert np.array_equal(per_user, 3 * np.bincount(rows.users, minlength=rows.num_users))
+
+
+def test_ranks_train_disjoint_shards_of_one_epoch(tiny_partition):
+    rows = Interactions.of(tiny_partition)
+    shards = [_epoch_batches(rows, 2, 16, None, rank=rank, world_size=2)[0] for rank in (0, 1)]
+    whole, _, _ = _epoch_batches(rows, 2, 16, None)
+    per_rank = rows.users.size * 3 // 2
+
+    def samples(batches):
+        return list(zip(*(torch.cat(parts).tolist() for parts in zip(*batches, strict=True)), strict=True))
+
+    # The same permutation and negatives (same seed), split in two halves: rank 0 the first, rank 1 the second.
+    assert samples(shards[0]) == samples(whole)[:per_rank]
+    assert samples(shards[1]) == samples(whole)[per_rank:2 * per_rank]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,18 +12,30 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("NCF_SHARED_DIR", REPO_ROOT.parent / "shared"))
 ML100K = SHARED / "datasets" / "ml-100k" / "u.data"
+_ARCHIVE_DUMP = pytest.StashKey["subprocess.Popen | None"]()
 
 
 def pytest_configure(config) -> None:
     """Spark drivers start from a class-data-sharing archive with C1 only (tests/spark_jvm.py). The controller
-    dumps the archive before xdist starts its workers, which inherit the environment."""
+    sets the options before xdist starts its workers, which inherit the environment, and dumps a missing archive
+    in the background meanwhile."""
     from tests import spark_jvm
 
     os.environ.setdefault("SPARK_DAEMON_JAVA_OPTS", spark_jvm.DAEMON_OPTIONS)
     if "SPARK_SUBMIT_OPTS" in os.environ:
         return
-    archive = spark_jvm.ensure_archive() if not hasattr(config, "workerinput") else spark_jvm.archive_path()
-    os.environ["SPARK_SUBMIT_OPTS"] = spark_jvm.java_options(archive if archive and archive.exists() else None)
+    if not hasattr(config, "workerinput"):
+        config.stash[_ARCHIVE_DUMP] = spark_jvm.start_archive_dump()
+    os.environ["SPARK_SUBMIT_OPTS"] = spark_jvm.java_options(spark_jvm.archive_path())
+
+
+def pytest_unconfigure(config) -> None:
+    from tests import spark_jvm
+
+    dump = config.stash.get(_ARCHIVE_DUMP, None)
+    problem = spark_jvm.finish_archive_dump(dump) if dump is not None else None
+    if problem:
+        print(f"warning: {problem}: Spark drivers start without it (slower)", file=sys.stderr)
 
 
 def pytest_collection_modifyitems(items) -> None:

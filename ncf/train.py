@@ -456,8 +456,8 @@ class EpochRunner:
     `num_neg` fresh negatives per positive (sample P + j is a negative of positive j // num_neg). One permutation
     orders them; batches are gathered from it a chunk at a time, so an epoch holds 4 bytes per sample (its int32
     permutation and negatives) instead of every sample's user, item, label and weight (GMF, 5M training rows,
-    num_neg 4: peak RSS 2.59 -> 1.42 GB, the same batches). The loss is accumulated on the device, so a step never waits for the host;
-    under DDP each rank takes an equal, disjoint shard of the permutation.
+    num_neg 4: peak RSS 2.59 -> 1.42 GB, the same batches). The loss is accumulated on the device, so a step never
+    waits for the host; under DDP each rank takes an equal, disjoint shard of the permutation.
     """
 
     CHUNK_SAMPLES = 1 << 20  # gathered at once: large enough that the per-chunk ops cost nothing per sample

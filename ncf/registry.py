@@ -96,7 +96,7 @@ def _store_template() -> Path | None:
     from mlflow import MlflowClient
     from mlflow.store.db.utils import _get_latest_schema_revision
 
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ncf-platform"
+    cache = storage.user_cache_dir()
     template = cache / f"mlflow-store-{_get_latest_schema_revision()}.db"
     if _sqlite_store_is_current(template):
         return template

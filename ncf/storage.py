@@ -27,6 +27,12 @@ from ncf.errors import UserError
 SUCCESS = "_SUCCESS"
 
 
+def user_cache_dir() -> Path:
+    """This machine's cache for files the platform can always rebuild ($XDG_CACHE_HOME, else ~/.cache, then
+    `ncf-platform`): the MLflow store template, the test suite's Spark class-data archive."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ncf-platform"
+
+
 def is_s3(uri: str | os.PathLike) -> bool:
     return str(uri).startswith(("s3://", "s3a://"))
 

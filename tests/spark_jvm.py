@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ncf.storage import user_cache_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUIET = "-Xlog:cds=off -Xlog:cds+dynamic=off"  # the JVM prints CDS warnings on stdout otherwise
 C1 = "-XX:TieredStopAtLevel=1"
@@ -50,10 +52,6 @@ os.replace(partial, archive)  # whole or absent: a JVM never maps a half-written
 """
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ncf-platform" / "spark-cds"
-
-
 def archive_path() -> Path | None:
     """Where this machine's archive lives (None without java or pyspark)."""
     java_home = os.environ.get("JAVA_HOME")
@@ -65,7 +63,7 @@ def archive_path() -> Path | None:
     if java is None:
         return None
     key = hashlib.sha256(os.path.realpath(java).encode()).hexdigest()[:12]
-    return _cache_dir() / f"spark-{pyspark.__version__}-{key}.jsa"
+    return user_cache_dir() / "spark-cds" / f"spark-{pyspark.__version__}-{key}.jsa"
 
 
 def start_archive_dump() -> subprocess.Popen | None:
@@ -94,7 +92,7 @@ def finish_archive_dump(dump: subprocess.Popen, timeout_s: float = 120) -> str |
     except subprocess.TimeoutExpired:
         os.killpg(dump.pid, signal.SIGKILL)
         dump.wait()
-    for partial in _cache_dir().glob(f"*.{os.getpid()}.tmp"):
+    for partial in (user_cache_dir() / "spark-cds").glob(f"*.{os.getpid()}.tmp"):
         partial.unlink(missing_ok=True)
     archive = archive_path()
     if archive is not None and archive.exists():

@@ -470,10 +470,10 @@ class EpochRunner:
         self.users, self.items, self.weights = users, items, weights
         self.sampler, self.num_neg, self.batch_size = sampler, num_neg, batch_size
         self.num_positives = users.numel()
-        samples = self.num_positives * (1 + num_neg)
+        self.num_samples = self.num_positives * (1 + num_neg)
         # int32 and int64 permutations of one generator state are equal (CPU), so the dtype only saves memory.
-        self.index_dtype = torch.int32 if samples < 2 ** 31 else torch.int64
-        self.samples_per_rank = samples // world_size
+        self.index_dtype = torch.int32 if self.num_samples < 2 ** 31 else torch.int64
+        self.samples_per_rank = self.num_samples // world_size
         self.offset = rank * self.samples_per_rank
         self.steps = math.ceil(self.samples_per_rank / batch_size)
         # Whole batches per chunk: the batches are the same slices of the permutation as without chunks.
@@ -503,8 +503,7 @@ class EpochRunner:
     def run(self, generator: torch.Generator, on_step=None) -> torch.Tensor:
         """Train one epoch; returns the summed loss (over this rank's samples) as a device tensor."""
         negatives = self._negatives(generator)
-        perm = torch.randperm(self.num_positives * (1 + self.num_neg), device=self.device, generator=generator,
-                              dtype=self.index_dtype)
+        perm = torch.randperm(self.num_samples, device=self.device, generator=generator, dtype=self.index_dtype)
         shard = perm[self.offset:self.offset + self.samples_per_rank]
         loss_sum = torch.zeros((), device=self.device)
         for chunk_start in range(0, self.samples_per_rank, self.chunk):

@@ -57,7 +57,8 @@ if str(REPO) not in sys.path:
 from bench import serve  # noqa: E402
 from bench.report import publish, table  # noqa: E402
 from ncf import contracts, storage  # noqa: E402
-from spark.standalone import free_port, standalone_cluster  # noqa: E402
+from ncf.ports import free_port  # noqa: E402
+from spark.standalone import standalone_cluster  # noqa: E402
 
 GB = 2**30
 SHARED = Path(os.environ.get("NCF_SHARED_DIR", REPO.parent / "shared"))

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ncf.ports import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "RESULTS.md"
 TARGET_P50_MS, TARGET_P99_MS, TARGET_RPS = 2.0, 10.0, 800.0
@@ -159,14 +161,6 @@ def baseline_server(http_port: int, grpc_port: int) -> None:
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     server.start([Constant()])
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
@@ -344,11 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.skip_exact:
             paths.pop("ncf exact", None)
         for name, flags in paths.items():
-            port, grpc_port = _free_port(), _free_port()
+            port, grpc_port = free_port(), free_port()
             servers[name] = ([sys.executable, "-m", "serving.server", "--model-uri", model_uri, "--http-port",
                               str(port), "--grpc-port", str(grpc_port), *common, *flags], port, grpc_port)
         if not args.no_baseline:
-            b_port, b_grpc = _free_port(), _free_port()
+            b_port, b_grpc = free_port(), free_port()
             servers["kserve baseline"] = ([sys.executable, str(Path(__file__).resolve()), "--baseline-server",
                                            str(b_port), str(b_grpc)], b_port, b_grpc)
         rows, memory = [], {}

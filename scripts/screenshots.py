@@ -16,11 +16,12 @@ import argparse
 import html
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from ncf.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -45,18 +46,12 @@ def screenshot(page: Path, output: Path, width: int, height: int) -> None:
     print(f"wrote {output}")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def ensure_store(root: Path, run_dates: list[str]) -> None:
     """Run the demo pipeline into `root` unless it has a store."""
     if (root / "mlflow.db").exists():
         return
     dates = [flag for date in run_dates for flag in ("--run-date", date)]
-    subprocess.run([sys.executable, "-m", "ncfctl", "run", "--storage-root", str(root), "--port", str(_free_port()),
+    subprocess.run([sys.executable, "-m", "ncfctl", "run", "--storage-root", str(root), "--port", str(free_port(count=2)),
                     *dates], check=True, cwd=REPO)
 
 
@@ -69,7 +64,7 @@ def ensure_serving(root: Path) -> int | None:
     tracking_uri = registry.default_tracking_uri(root)
     if local_serving(tracking_uri, "ncf")["state"] == "serving":
         return None
-    config = DeployConfig(tracking_uri=tracking_uri, port=_free_port())
+    config = DeployConfig(tracking_uri=tracking_uri, port=free_port(count=2))
     run(config)
     return json.loads(state_path(config, tracking_uri).read_text())["pid"]
 

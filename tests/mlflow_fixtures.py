@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from ncf.ports import free_port
 
 
 def pg_bin() -> Path | None:
@@ -41,12 +42,6 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 15) -> None:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _pg_runner() -> list[str]:

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from ncf import errors
+from ncf.ports import free_port
 from tests.conftest import REPO_ROOT
-from tests.mlflow_fixtures import free_port, make_package, oracle_model
+from tests.mlflow_fixtures import make_package, oracle_model
 from tests.tiny_data import make_partition, write_partition
 
 # What a Spark JVM prints on stderr as it starts, before any log setting applies (not an error line).

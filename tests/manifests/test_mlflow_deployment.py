@@ -18,8 +18,9 @@ from urllib.parse import urlparse
 
 import pytest
 
+from ncf.ports import free_port
 from tests.manifests.validation import MANIFESTS, build
-from tests.mlflow_fixtures import free_port, postgres_url, stop_process_group  # noqa: F401
+from tests.mlflow_fixtures import postgres_url, stop_process_group  # noqa: F401
 
 pytestmark = [
     pytest.mark.slow,  # schema migrations on PostgreSQL + a 2-worker server: ~30 s on an idle 2-core machine

@@ -12,9 +12,10 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from ncf.ports import free_port
 from tests.conftest import REPO_ROOT
 from tests.manifests.validation import MANIFESTS, build
-from tests.mlflow_fixtures import free_port, stop_process_group, wait_http
+from tests.mlflow_fixtures import stop_process_group, wait_http
 
 
 def _tiny_package(directory: Path) -> Path:

@@ -9,8 +9,8 @@ import re
 import pytest
 
 from ncf import status
+from ncf.ports import free_port
 from serving import deploy
-from tests.mlflow_fixtures import free_port
 
 
 def _row(text: str, version: str) -> list[str]:
@@ -71,7 +71,7 @@ def test_serving_shows_the_version_the_local_predictor_reports(gated_store, caps
         "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
         "users": [{"name": "u", "user": {"token": "t"}}]}))
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    config = deploy.DeployConfig(tracking_uri=gated_store.tracking_uri, port=free_port(), timeout_s=120)
+    config = deploy.DeployConfig(tracking_uri=gated_store.tracking_uri, port=free_port(count=2), timeout_s=120)
     result = deploy.run(config)
     pid = json.loads(deploy.state_path(config, gated_store.tracking_uri).read_text())["pid"]
     try:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from kfp import dsl
 
+from ncf.ports import free_port
 from pipelines import local_run, step_logs
-from tests.mlflow_fixtures import free_port
 
 
 def test_predict_url():
@@ -125,7 +125,7 @@ def test_two_dates_train_gate_deploy_and_serve_a_recommendation(tmp_path, capsys
     from serving.deploy import stop_local_server
 
     root = tmp_path / "demo"
-    port = free_port()
+    port = free_port(count=2)  # REST, and gRPC on port + 1
     try:
         code = local_run.main([
             "--storage-root", str(root), "--num-events", "20000", "--port", str(port),
@@ -201,7 +201,7 @@ def test_a_failing_step_ends_the_run_with_one_line_naming_it_and_its_log(tmp_pat
     bad = tmp_path / "events.csv"
     bad.write_text("user_id,item_id,ts\nu1,i1,not-a-time\n")  # nothing preprocess can keep
     code = local_run.main(["--storage-root", str(tmp_path / "root"), "--input", str(bad), "--run-date", "2026-03-01",
-                           "--port", str(free_port())])
+                           "--port", str(free_port(count=2))])
     out, err = capsys.readouterr()
     assert code == 2, err
     (line,) = err.strip().splitlines()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mlflow_fixtures import free_port, make_package
+from ncf.ports import free_port
+from tests.mlflow_fixtures import make_package
 from tests.tiny_data import make_partition
 
 
@@ -48,7 +49,7 @@ def served(tmp_path_factory):
         packages[version] = path
     first = min(packages, key=int)
     registry.set_alias(tracking_uri, "ncf", registry.CHAMPION, first)
-    config = deploy.DeployConfig(tracking_uri=tracking_uri, serving_target="local", port=free_port(),
+    config = deploy.DeployConfig(tracking_uri=tracking_uri, serving_target="local", port=free_port(count=2),
                                  state_dir=str(root / "state"), timeout_s=120)
     result = deploy.run(config)
     assert result.action == "started" and result.version == first

@@ -12,10 +12,11 @@ import urllib.parse
 import pytest
 import requests
 
+from ncf.ports import free_port
 from pipelines import local_run
 from serving import deploy
 from tests.conftest import REPO_ROOT
-from tests.mlflow_fixtures import free_port, make_package, oracle_model
+from tests.mlflow_fixtures import make_package, oracle_model
 from tests.tiny_data import make_partition
 
 

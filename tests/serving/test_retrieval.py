@@ -22,6 +22,7 @@ from ncf.errors import UserError
 from ncf.families.ncf import export
 from ncf.models import ModelSpec, build_model, ensemble_of
 from ncf.package import load_package, package_tables, save_package
+from ncf.ports import free_port
 from ncf.retrieval import (
     RetrievalSettings,
     Retriever,
@@ -33,7 +34,7 @@ from ncf.retrieval import (
 from serving.predictor import NCFModel
 from serving.recommender import Recommender
 from tests.conftest import REPO_ROOT
-from tests.mlflow_fixtures import assert_top_k, free_port, reference_ranking, stop_process_group, wait_http
+from tests.mlflow_fixtures import assert_top_k, reference_ranking, stop_process_group, wait_http
 from tests.tiny_data import make_partition
 
 NUM_USERS, NUM_ITEMS = 40, 400

@@ -15,10 +15,11 @@ import urllib.request
 import pytest
 
 from ncf.config import add_arguments, from_namespace
+from ncf.ports import free_port
 from serving.sagemaker_routes import SAGEMAKER_COMMAND, SAGEMAKER_MODEL_DIR, SAGEMAKER_PORT, sagemaker_argv
 from serving.server import ServeConfig
 from tests.conftest import REPO_ROOT
-from tests.mlflow_fixtures import free_port, make_package, oracle_model, stop_process_group, wait_http
+from tests.mlflow_fixtures import make_package, oracle_model, stop_process_group, wait_http
 from tests.tiny_data import make_partition
 
 

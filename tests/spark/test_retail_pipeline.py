@@ -15,7 +15,7 @@ import pytest
 
 from ncf import contracts, registry
 from ncf.data import load_partition
-from tests.mlflow_fixtures import free_port
+from ncf.ports import free_port
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def test_two_days_of_a_retail_log_train_gate_and_serve(spark, tmp_path):
                                        tracking_uri=tracking_uri, run_date=run_date))
             decisions.append(decision)
             if decision.promoted:
-                config = deploy.DeployConfig(tracking_uri=tracking_uri, serving_target="local", port=free_port(),
+                config = deploy.DeployConfig(tracking_uri=tracking_uri, serving_target="local", port=free_port(count=2),
                                              state_dir=str(root / "state"), timeout_s=180)
                 served = deploy.run(config)
                 pid = json.loads(deploy.state_path(config, tracking_uri).read_text())["pid"]

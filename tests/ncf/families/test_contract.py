@@ -17,8 +17,8 @@ from ncf import gate, storage
 from ncf.evaluate import evaluate
 from ncf.families import FAMILIES
 from ncf.package import load_package
+from ncf.ports import free_port
 from ncf.train import TrainConfig, run
-from tests.mlflow_fixtures import free_port
 from tests.tiny_data import make_partition, write_partition
 
 OLD_PACKAGE = Path(__file__).resolve().parents[1] / "data" / "package-before-families"

@@ -1,4 +1,5 @@
-"""Synthetic generator: deterministic, structured (tastes, power-law popularity), written by Spark."""
+"""Synthetic generator: deterministic, structured (tastes, power-law popularity), written by Spark or, one file
+of events, in process: the same rows."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from spark.generate import (
     EventModel,
     GenerateConfig,
     RetailQuirks,
+    _engine,
     order_lines,
     resolve_sizes,
     run,
@@ -67,7 +69,7 @@ def test_bad_sizes_are_user_errors():
 
 @pytest.mark.spark
 def test_run_writes_the_same_log_whatever_the_partitioning(spark, tmp_path):
-    first = run(GenerateConfig(output_uri=str(tmp_path / "a"), num_events=20_000, num_files=1))
+    first = run(GenerateConfig(output_uri=str(tmp_path / "a"), num_events=20_000, num_files=1, engine="spark"))
     run(GenerateConfig(output_uri=str(tmp_path / "b"), num_events=20_000, num_files=3))
     assert (tmp_path / "a" / "_SUCCESS").exists() and len(list((tmp_path / "b").glob("*.parquet"))) == 3
     a = pd.read_parquet(tmp_path / "a").sort_values(["ts", "user_id", "item_id"]).reset_index(drop=True)
@@ -75,6 +77,40 @@ def test_run_writes_the_same_log_whatever_the_partitioning(spark, tmp_path):
     assert len(a) == 20_000 == first.num_events
     assert list(a.columns) == ["user_id", "item_id", "event_type", "ts"]
     pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.spark
+def test_the_local_engine_writes_the_rows_spark_writes_in_the_same_order(spark, tmp_path):
+    sizes = {"num_events": 30_000, "num_users": 700, "num_items": 900, "seed": 3}
+    on_spark = run(GenerateConfig(output_uri=str(tmp_path / "spark"), engine="spark", **sizes))
+    local = run(GenerateConfig(output_uri=str(tmp_path / "local"), **sizes))  # auto: one file, no master
+    assert [p.name for p in sorted((tmp_path / "local").iterdir())] == ["_SUCCESS", "part-00000.snappy.parquet"]
+    assert (local.num_rows, local.num_users, local.num_items) == (on_spark.num_rows, 700, 900)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "local"), pd.read_parquet(tmp_path / "spark"))
+
+
+@pytest.mark.parametrize("flags, needs", [
+    ({"style": "retail"}, "--style retail"),
+    ({"output_format": "csv"}, "--output-format csv"),
+    ({"num_files": 2}, "2 files"),
+    ({"num_events": 2_000_001}, "2 files"),
+])
+def test_the_local_engine_refuses_what_only_spark_writes(tmp_path, flags, needs):
+    config = GenerateConfig(output_uri=str(tmp_path / "out"), engine="local", **{"num_events": 1000, **flags})
+    with pytest.raises(UserError, match=f"--engine local writes one Parquet file of events .*{needs}"):
+        run(config)
+    assert not (tmp_path / "out").exists()
+
+
+def test_auto_generates_locally_only_a_one_file_events_log_without_a_master():
+    def engine(**flags):
+        config = GenerateConfig(output_uri="unused", **{"num_events": 1000, **flags})
+        return _engine(config, config.output_format if config.output_format != "auto" else "parquet",
+                       config.num_files or 1)
+
+    assert engine() == "local" and engine(engine="spark") == "spark"
+    assert engine(master="spark://127.0.0.1:7077") == "spark" and engine(output_format="jsonl") == "spark"
+    assert engine(num_files=3) == "spark"
 
 
 @pytest.mark.spark

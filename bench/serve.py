@@ -10,8 +10,9 @@ baseline, so the NCF cost shows up as the difference even on a busy machine.
 Without --model-uri a freshly initialised NeuMF of the seed's sizes (943 users, 1,682 items, factor_num 32,
 num_layers 3) is used: latency does not depend on the weights. Prints a table and appends it to bench/RESULTS.md.
 
-With --items a large synthetic catalogue is measured instead: a package of the recommended NeuMF shape (factor_num
-32, 2-layer tower, a 3-model ensemble) built directly through the package writer, no training: embeddings drawn
+With --items a large synthetic catalogue is measured instead: a package of NCF's recommended NeuMF shape (factor_num
+32, 2-layer tower, a 3-model ensemble; `--model-type GMF`: the GMF ensemble that model selection's default NCF
+candidate exports) built directly through the package writer, no training: embeddings drawn
 around topic centres (users near the centre of their topic, items near theirs) so the inner products have the
 structure of a trained model's, towers at their initialisation. The package is written with its retrieval index
 (ncf/retrieval.py); the predictor is started twice, `--retrieval exact` (every item scored per request) and
@@ -71,12 +72,13 @@ def fresh_package(directory: Path, num_users: int = 943, num_items: int = 1682, 
     return save_package(directory, export(model), **package_tables(partition), metrics={})
 
 
-def structured_package(directory: Path, num_users: int, num_items: int, *, members: int = 3, factor_num: int = 32,
-                       num_layers: int = 2, topics: int = 2000, per_user: int = 20, seed: int = 0) -> str:
-    """A package of the recommended NeuMF shape over a large synthetic catalogue, without training: each user and
-    item has a topic; every embedding is its topic's centre (per member and branch) plus noise, so a user's best
-    items by inner product are mostly items of their topic, as after training. Towers keep their initialisation.
-    Training rows (seen items, popularity): `per_user` items per user, 80% from the user's topic."""
+def structured_package(directory: Path, num_users: int, num_items: int, *, model_type: str = "NeuMF",
+                       members: int = 3, factor_num: int = 32, num_layers: int = 2, topics: int = 2000,
+                       per_user: int = 20, seed: int = 0) -> str:
+    """A package of NCF's shape (`model_type` NeuMF or GMF) over a large synthetic catalogue, without training: each
+    user and item has a topic; every embedding is its topic's centre (per member and branch) plus noise, so a
+    user's best items by inner product are mostly items of their topic, as after training. Towers keep their
+    initialisation. Training rows (seen items, popularity): `per_user` items per user, 80% from the user's topic."""
     import torch
 
     from ncf.data import Partition
@@ -90,14 +92,16 @@ def structured_package(directory: Path, num_users: int, num_items: int, *, membe
     gen = torch.Generator().manual_seed(seed)
     item_topic = rng.integers(0, topics, num_items)
     user_topic = rng.integers(0, topics, num_users)
-    spec = ModelSpec("NeuMF", num_users, num_items, factor_num=factor_num, num_layers=num_layers)
+    spec = ModelSpec(model_type, num_users, num_items, factor_num=factor_num, num_layers=num_layers)
     models = []
     for _ in range(members):
         torch.manual_seed(int(rng.integers(1 << 31)))
         model = build_model(spec).eval()
         with torch.no_grad():
-            for user_table, item_table in ((model.embed_user_GMF.weight, model.embed_item_GMF.weight),
-                                           (model.embed_user_MLP.weight, model.embed_item_MLP.weight)):
+            branches = [(model.embed_user_GMF.weight, model.embed_item_GMF.weight)]
+            if model_type == "NeuMF":
+                branches.append((model.embed_user_MLP.weight, model.embed_item_MLP.weight))
+            for user_table, item_table in branches:
                 width = user_table.shape[1]
                 centres = torch.randn(topics, width, generator=gen)
                 for table, topic, noise in ((user_table, user_topic, 0.3), (item_table, item_topic, 0.6)):
@@ -122,9 +126,13 @@ def structured_package(directory: Path, num_users: int, num_items: int, *, membe
         item_ids=np.asarray([f"i{i}" for i in range(num_items)], dtype=object), stats={})
     uri = save_package(directory, export(model), **package_tables(partition), metrics={},
                        retrieval=RetrievalSettings(), extra={"synthetic": "bench/serve.py structured_package"})
-    print(f"wrote {num_users:,} users x {num_items:,} items ({members} x NeuMF factor {factor_num}, {num_layers} "
-          f"layers; index included) to {directory} in {time.perf_counter() - started:.0f}s", flush=True)
+    print(f"wrote {num_users:,} users x {num_items:,} items ({members} x {describe_model(model_type)}; index "
+          f"included) to {directory} in {time.perf_counter() - started:.0f}s", flush=True)
     return uri
+
+
+def describe_model(model_type: str, factor_num: int = 32, num_layers: int = 2) -> str:
+    return f"{model_type} factor_num {factor_num}" + (f", {num_layers} layers" if model_type == "NeuMF" else "")
 
 
 def memory_kb(pid: int) -> dict[str, int]:
@@ -297,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=0,
                         help="measure a synthetic catalogue of this many items (exact and two-stage) instead")
     parser.add_argument("--users", type=int, default=0, help="with --items: users in the package (default: --items)")
+    parser.add_argument("--model-type", default="NeuMF", choices=("NeuMF", "GMF"),
+                        help="with --items: the synthetic package's NCF model (GMF: what model selection exports "
+                             "for NCF by default)")
     parser.add_argument("--package-dir", default="", help="with --items: build the package here once and reuse it "
                                                           "(default: a temporary directory)")
     parser.add_argument("--protocols", default="v1,v2,grpc", help="comma-separated: v1, v2, grpc")
@@ -320,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
             from ncf import storage
 
             model_uri = str(directory) if storage.is_complete(str(directory)) else structured_package(
-                directory, args.users or args.items, args.items)
+                directory, args.users or args.items, args.items, model_type=args.model_type)
+            built = json.loads((directory / "config.json").read_text())["model_type"]
+            if built != args.model_type:
+                raise SystemExit(f"error: --package-dir {directory} holds a {built} package, not --model-type "
+                                 f"{args.model_type}: use another directory")
         else:
             model_uri = args.model_uri or fresh_package(tmp / "package")
         from ncf.package import load_package
@@ -378,8 +393,9 @@ def render(rows: list[dict], args, load_before: float, argv: list[str], memory: 
     names = {"v1": "V1 REST", "v2": "V2 REST", "grpc": "gRPC"}
     command = shlex.join(["python", "bench/serve.py", *argv])
     if args.items:
-        model = (f"synthetic {args.users or args.items:,} users x {args.items:,} items, NeuMF factor_num 32, 2 layers, "
-                 f"3-model ensemble, structured random weights (no training), written by bench/serve.py "
+        model = (f"synthetic {args.users or args.items:,} users x {args.items:,} items, "
+                 f"{describe_model(args.model_type)}, 3-model ensemble, structured random weights (no training), "
+                 f"written by bench/serve.py "
                  f"structured_package with its retrieval index")
     else:
         model = args.model_uri or "fresh NeuMF 943 users x 1,682 items, factor_num 32, 3 layers"

@@ -126,7 +126,7 @@ def structured_package(directory: Path, num_users: int, num_items: int, *, model
         item_ids=np.asarray([f"i{i}" for i in range(num_items)], dtype=object), stats={})
     uri = save_package(directory, export(model), **package_tables(partition), metrics={},
                        retrieval=RetrievalSettings(), extra={"synthetic": "bench/serve.py structured_package"})
-    print(f"wrote {num_users:,} users x {num_items:,} items ({members} x {describe_model(model_type)}; index "
+    print(f"wrote {num_users:,} users x {num_items:,} items ({members} x {describe_model(model_type, factor_num, num_layers)}; index "
           f"included) to {directory} in {time.perf_counter() - started:.0f}s", flush=True)
     return uri
 

@@ -51,8 +51,8 @@ def ensure_store(root: Path, run_dates: list[str]) -> None:
     if (root / "mlflow.db").exists():
         return
     dates = [flag for date in run_dates for flag in ("--run-date", date)]
-    subprocess.run([sys.executable, "-m", "ncfctl", "run", "--storage-root", str(root), "--port", str(free_port(count=2)),
-                    *dates], check=True, cwd=REPO)
+    subprocess.run([sys.executable, "-m", "ncfctl", "run", "--storage-root", str(root),
+                    "--port", str(free_port(count=2)), *dates], check=True, cwd=REPO)
 
 
 def ensure_serving(root: Path) -> int | None:

@@ -33,11 +33,10 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from ncf.ports import free_port
+from ncf.ports import LOOPBACK, free_port
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
-LOOPBACK = "127.0.0.1"
 
 
 class ClusterError(RuntimeError):

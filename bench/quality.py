@@ -6,7 +6,8 @@
 For each dataset the train step runs with the default pipeline's training settings (`ncf.train.TrainConfig`
 defaults: model selection among `--candidates`, default GMF,ease,ials). Then, for reporting only, every candidate
 that was not chosen is trained as the selection would have exported it had it won (`--candidates ''`, its family
-and the settings its best trial chose), and popularity as the baseline. Printed per model: selection's validation
+and the settings its best trial chose), and popularity as the baseline. The blend of the best candidates
+(`--blend auto`) has a row of its own: its weights and validation scores, and its test scores when it was exported. Printed per model: selection's validation
 NDCG@10 / HR@10 (the numbers the choice was made on), test HR@10 / NDCG@10 (sampled protocol, 99 negatives),
 full-ranking HR@10 (+/- 95%), seconds; the chosen one marked. The test columns play no part in the choice.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.report import publish  # noqa: E402
+from bench.report import host, publish  # noqa: E402
 from ncf import contracts, storage  # noqa: E402
 from ncf.train import TrainConfig, TrainResult, run  # noqa: E402
 
@@ -77,10 +77,14 @@ def _train(partition_uri: str, out: Path, name: str, **fields) -> tuple[TrainRes
     return result, time.perf_counter() - started
 
 
+def _validation(summary: dict | None, k: int = 10) -> str:
+    return (f"{summary[contracts.metric_name('ndcg', k, validation=True)]:.4f} / "
+            f"{summary[contracts.metric_name('hr', k, validation=True)]:.4f}") if summary else "-"
+
+
 def _row(label: str, summary: dict | None, result: TrainResult, seconds: float, k: int = 10) -> str:
     m = result.metrics
-    val = (f"{summary[contracts.metric_name('ndcg', k, validation=True)]:.4f} / "
-           f"{summary[contracts.metric_name('hr', k, validation=True)]:.4f}") if summary else "-"
+    val = _validation(summary, k)
     full = contracts.metric_name("hr", k, full=True)
     return (f"| {label} | {val} | {m['hr@10']:.4f} / {m['ndcg@10']:.4f} | {m[full]:.4f} (+/- "
             f"{m[contracts.ci_name(full)]:.4f}) | {seconds:.0f} |")
@@ -106,6 +110,10 @@ def dataset_report(name: str, partition_uri: str, out: Path, extra: dict, select
     for candidate, record in summary["candidates"].items():
         if "settings" not in record:  # every trial failed
             rows.append(f"| {candidate} | every trial failed: {record.get('failed', ['?'])[-1][:120]} | - | - | - |")
+            continue
+        if record["family"] == "blend" and candidate != chosen:  # weights chosen, no better than the best alone
+            rows.append(f"| blend of the best candidates, weights {record['settings']} (not exported: no better than "
+                        f"the best alone on validation) | {_validation(record)} | - | - | - |")
             continue
         if candidate == chosen:
             label = (f"**{candidate}** (chosen; selection + final fit)  settings {record['settings'] or 'configured'}"
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"error: --datasets: unknown dataset {name!r} (ml-100k, synthetic)")
             reports.append(dataset_report(name, uri, Path(tmp), extra, reused.get(name, "")))
             print(reports[-1], flush=True)
-    header = (f"## Model selection quality ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+    header = (f"## Model selection quality ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {host()}, "
               f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end)")
     note = ("Validation columns: what the choice was made on (each candidate's best trial, fitted without the "
             "validation rows). Test columns: the exported model (refit on every training row), reporting only.")

@@ -300,7 +300,8 @@ def lineage_tags(package_uri: str, config: dict[str, Any], metrics: dict[str, fl
         "git_commit": git_commit,
         "pipeline_run_id": pipeline_run_id,
         "family": str(config.get("family", DEFAULT_FAMILY)),
-        "model_type": str(config.get("model_type", "")),
+        # A blend's members ("GMF+ease"): what `ncfctl status` shows beside the family.
+        "model_type": str(config.get("model_type") or "+".join(m.get("name", "") for m in config.get("members", []))),
         "trained_on_partition": str(config.get("partition_uri", "")),
         "train_run_id": str(config.get("mlflow_run_id", "")),
     }

@@ -11,7 +11,12 @@ type (`GMF`, `MLP`, `NeuMF`: family ncf with that model). For each one, in order
    the training rows minus validation, and never see the test rows (`FitData.test` is None in a trial);
 2. the candidate's best trial by validation NDCG@K (the first on ties).
 
-The candidate whose best trial has the highest validation NDCG@K wins (the first listed on ties). The train step
+The candidate whose best trial has the highest validation NDCG@K wins (the first listed on ties), unless a blend
+wins (`--blend`, `choose_blend`): the best `BLEND_MAX_MEMBERS` candidates' best trials, their scores on the
+validation rows each divided by its standard deviation there, summed with weights on a grid over the simplex
+(steps of 1 / `BLEND_GRID`), the weights with the highest validation NDCG@K kept. With `auto` the blend is exported
+when it beats every candidate alone on those rows (the grid's corners), with `on` whenever 2+ candidates fitted.
+The weights are chosen on the same validation split as everything else: the test rows are never read. The train step
 (ncf/train.py) then fits it with the chosen settings as it fits any family (refit on every training row where the
 family supports it; NCF continues from the winning trial's selection pass, `FitContext.reuse`, instead of
 repeating it), evaluates it on the test rows and publishes it. A trial that fails with a `UserError` (a memory
@@ -24,9 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import numpy as np
 
 from ncf import contracts, families
 from ncf.errors import UserError
@@ -34,6 +42,10 @@ from ncf.families.base import Family, FitContext
 from ncf.splits import FitData
 
 MODEL_TYPES = ("GMF", "MLP", "NeuMF")  # ncf.models.MODEL_TYPES (not imported: it pulls torch models in)
+BLEND_MODES = ("auto", "on", "off")
+BLEND_MAX_MEMBERS = 3  # the best candidates a blend weighs: 66 grid points for 3, 1,001 for 5
+BLEND_GRID = 10  # weights in steps of 1/10
+BLEND_ROWS = 50_000  # validation rows (a fixed-seed sample; every row when fewer) the weights are chosen on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +120,7 @@ class Trial:
     seconds: float
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # compared by identity: it holds arrays
 class CandidateResult:
     candidate: Candidate
     settings: Any  # the best trial's settings (the family's dataclass, full size: the ensemble as configured)
@@ -118,6 +130,7 @@ class CandidateResult:
     failed: list[str]  # the failed trials' messages
     seconds: float
     state: Any = None  # the best trial's FitResult.state (what the final fit continues from)
+    val_scores: np.ndarray | None = None  # the best trial's scores of the blend rows' candidates (`--blend`)
 
     def summary(self, k: int) -> dict[str, Any]:
         out: dict[str, Any] = {"family": self.candidate.family, "trials": len(self.trials) + len(self.failed),
@@ -132,16 +145,95 @@ class CandidateResult:
 
 
 @dataclasses.dataclass
+class BlendChoice:
+    """The weights `choose_blend` found, and whether the train step exports the blend (`used`)."""
+
+    members: list[CandidateResult]  # nonzero weights only, in the candidates' order
+    weights: list[float]
+    val_ndcg: float  # on `rows`
+    val_hr: float
+    best_alone: float  # the best candidate alone on `rows` (validation NDCG@K)
+    rows: np.ndarray  # the validation rows the weights were chosen on
+    grid_points: int
+    used: bool
+
+    def summary(self, k: int) -> dict[str, Any]:
+        return {"family": "blend", contracts.metric_name("ndcg", k, validation=True): self.val_ndcg,
+                contracts.metric_name("hr", k, validation=True): self.val_hr, "trials": self.grid_points,
+                "settings": {m.candidate.name: w for m, w in zip(self.members, self.weights, strict=True)},
+                "exported": self.used}
+
+
+@dataclasses.dataclass
 class Selection:
     chosen: CandidateResult
     candidates: list[CandidateResult]
     top_k: int
+    blend: BlendChoice | None = None
+
+    @property
+    def blended(self) -> bool:
+        return self.blend is not None and self.blend.used
 
     def summary(self) -> dict[str, Any]:
         """The JSON-able record in metrics.json / config.json `candidates` (the gate report shows it)."""
-        return {"chosen": self.chosen.candidate.name,
-                "metric": contracts.metric_name("ndcg", self.top_k, validation=True),
-                "candidates": {c.candidate.name: c.summary(self.top_k) for c in self.candidates}}
+        out = {"chosen": "blend" if self.blended else self.chosen.candidate.name,
+               "metric": contracts.metric_name("ndcg", self.top_k, validation=True),
+               "candidates": {c.candidate.name: c.summary(self.top_k) for c in self.candidates}}
+        if self.blend is not None:
+            out["candidates"]["blend"] = self.blend.summary(self.top_k)
+        return out
+
+
+def validation_scores(scorer, validation, rows: np.ndarray) -> np.ndarray:
+    """float32 [len(rows), 1 + negatives]: each row's held-out item's score, then its negatives'."""
+    import torch
+
+    users = np.asarray(validation.users[rows], dtype=np.int64)
+    candidates = np.concatenate([validation.items[rows, None], validation.negatives[rows]], axis=1).astype(np.int64)
+    step = max(1, (1 << 22) // candidates.shape[1])
+    return np.concatenate([scorer.score_candidates(torch.from_numpy(users[lo:lo + step]),
+                                                   torch.from_numpy(candidates[lo:lo + step])).float().cpu().numpy()
+                           for lo in range(0, len(users), step)]) if len(users) else np.zeros(candidates.shape)
+
+
+def _hit_ndcg(scores: np.ndarray, k: int) -> tuple[float, float]:
+    from ncf.ranking import hit_ndcg
+
+    hit, ndcg = hit_ndcg((scores[:, 1:] >= scores[:, :1]).sum(axis=1), k)
+    return float(hit.mean()), float(ndcg.mean())
+
+
+def score_scale(scores: np.ndarray) -> float:
+    """What a member's scores are divided by before weighing: their standard deviation (1 when constant)."""
+    scale = float(np.std(scores, dtype=np.float64))
+    return scale if scale > 0 and np.isfinite(scale) else 1.0
+
+
+def choose_blend(results: list[CandidateResult], rows: np.ndarray, k: int, mode: str) -> BlendChoice | None:
+    """The validation-best weights over the best `BLEND_MAX_MEMBERS` candidates (module docstring); None with fewer
+    than 2 candidates. Ties keep the first grid point in lexicographic order of the weights."""
+    scored = sorted((r for r in results if r.val_scores is not None), key=lambda r: -r.best.val_ndcg)
+    best_ones = {id(r) for r in scored[:BLEND_MAX_MEMBERS]}
+    scored = [r for r in results if id(r) in best_ones]  # back in the order listed
+    if len(scored) < 2:
+        return None
+    normalised = [r.val_scores / score_scale(r.val_scores) for r in scored]
+    best, best_alone, points = None, -1.0, 0
+    for steps in itertools.product(range(BLEND_GRID + 1), repeat=len(scored)):
+        if sum(steps) != BLEND_GRID:
+            continue
+        points += 1
+        total = sum(s / BLEND_GRID * m for s, m in zip(steps, normalised, strict=True) if s)
+        hr, ndcg = _hit_ndcg(total, k)
+        if best is None or ndcg > best[0]:
+            best = (ndcg, hr, steps)
+        if max(steps) == BLEND_GRID:
+            best_alone = max(best_alone, ndcg)
+    ndcg, hr, steps = best
+    kept = [(r, s / BLEND_GRID) for r, s in zip(scored, steps, strict=True) if s]
+    used = mode == "on" or (mode == "auto" and len(kept) > 1 and ndcg > best_alone)
+    return BlendChoice([r for r, _ in kept], [w for _, w in kept], ndcg, hr, best_alone, rows, points, used)
 
 
 def _trial_count(family: Family, budgets: dict[str, int]) -> int:
@@ -151,18 +243,23 @@ def _trial_count(family: Family, budgets: dict[str, int]) -> int:
 
 
 def select(data: FitData, candidates: list[Candidate], config, context: FitContext, budgets: dict[str, int],
-           tracker: Tracker | None = None, before_candidate: Callable[[Family, Any], None] | None = None
-           ) -> Selection:
+           tracker: Tracker | None = None, before_candidate: Callable[[Family, Any], None] | None = None,
+           blend: str = "off") -> Selection:
     """Tune each candidate on `data.validation` and choose the best (module docstring).
 
     `config`: the train step's config (the candidates' configured settings); `budgets`: trials per family name,
     `"*"` for the others; `before_candidate(family, settings)`: called before a candidate's trials (the step sets
-    its thread count). `context.seed` seeds the samplers.
+    its thread count); `blend`: one of `BLEND_MODES`. `context.seed` seeds the samplers.
     """
     import optuna
 
+    from ncf.evaluate import sample_rows
+
     if data.validation is None:
         raise ValueError("model selection needs a validation split (fit_data(..., validation=True))")
+    if blend not in BLEND_MODES:
+        raise UserError(f"blend: {blend!r}, expected one of {list(BLEND_MODES)}")
+    blend_rows = sample_rows(data.validation.users.size, BLEND_ROWS, seed=context.seed)
     tracker = tracker or Tracker()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     k = context.top_k
@@ -210,6 +307,8 @@ def select(data: FitData, candidates: list[Candidate], config, context: FitConte
                 result.trials.append(record)
                 if result.best is None or val_ndcg > result.best.val_ndcg:
                     result.best, result.settings, result.state = record, settings, fitted.state
+                    if blend != "off":
+                        result.val_scores = validation_scores(fitted.scorer, data.validation, blend_rows)
                 del fitted
                 bar.update(1)
             result.seconds = time.perf_counter() - started
@@ -227,8 +326,19 @@ def select(data: FitData, candidates: list[Candidate], config, context: FitConte
         raise UserError("candidates: every candidate failed to fit: " + "; ".join(
             f"{r.candidate.name}: {r.failed[-1]}" for r in results))
     chosen = max(ranked, key=lambda r: r.best.val_ndcg)  # max keeps the first of equals: the order listed
-    context.log(f"[select] chosen: {chosen.candidate.name} (validation ndcg@{k}={chosen.best.val_ndcg:.4f})")
-    for other in results:
-        if other is not chosen:
-            other.state = None  # free the losers' models
-    return Selection(chosen, results, k)
+    context.log(f"[select] best alone: {chosen.candidate.name} (validation ndcg@{k}={chosen.best.val_ndcg:.4f})")
+    blended = choose_blend(ranked, blend_rows, k, blend) if blend != "off" else None
+    kept = [chosen]
+    if blended is not None:
+        weights = ", ".join(f"{m.candidate.name} {w:.1f}" for m, w in zip(blended.members, blended.weights,
+                                                                          strict=True))
+        context.log(f"[select] blend ({weights}): validation ndcg@{k}={blended.val_ndcg:.4f} on {blended.rows.size:,} "
+                    f"rows against {blended.best_alone:.4f} for the best alone; "
+                    f"{'exported' if blended.used else 'not exported'} (--blend {blend})")
+        if blended.used:
+            kept = blended.members
+    for result in results:
+        result.val_scores = None
+        if result not in kept:
+            result.state = None  # free the models that are not fitted again
+    return Selection(chosen, results, k, blended)

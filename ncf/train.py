@@ -46,7 +46,7 @@ from ncf.config import add_arguments, from_namespace, param
 from ncf.cpu_step import CpuTrainStep
 from ncf.errors import UserError, exit_on_user_error
 from ncf.evaluate import sampled_metrics
-from ncf.families.base import FitContext, Runtime, format_bytes, memory_budget
+from ncf.families.base import FitContext, FitResult, Runtime, format_bytes, memory_budget
 from ncf.models import (
     MODEL_TYPES,
     NCF,
@@ -130,6 +130,10 @@ class TrainConfig:
                             "families (ncf = --model, ease, ials, popularity) or NCF model types (GMF, MLP, NeuMF); "
                             "each is tuned, the best by validation NDCG@K is refit and exported; empty: train "
                             "--family only", pipeline=True)
+    blend: str = param("auto", "model selection: also weigh the best candidates' scores together, the weights chosen "
+                               "on the validation split, and export that blend when it beats every candidate alone "
+                               "there (auto), whenever 2+ candidates fitted (on), or never (off)",
+                       choices=("auto", "on", "off"))
     tune_trials: int = param(16, "model selection: tuning trials per candidate family other than NCF (trial 0: the "
                                  "configured settings; a family without a search space gets 1)", pipeline=True)
     tune_trials_ncf: int = param(3, "model selection: tuning trials per NCF candidate (each one model's selection "
@@ -847,6 +851,32 @@ def chosen_config(config: TrainConfig, chosen) -> TrainConfig:
                                **{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)})
 
 
+def _fit_blend(picked, data: FitData, config: TrainConfig, context: FitContext, runtime: Runtime, partition
+               ) -> FitResult:
+    """The blend model selection chose: each member fitted as it would be alone (refit where its family does; NCF
+    continues from its winning trial), then divided by its score scale on the blend's validation rows."""
+    from ncf.families.blend import Member, blend
+    from ncf.selection import score_scale, validation_scores
+
+    choice, members = picked.blend, []
+    for result, weight in zip(choice.members, choice.weights, strict=True):
+        member_config = chosen_config(config, result)
+        family = families.get(result.candidate.family)
+        _set_threads(member_config, family, result.settings, runtime)
+        context.log(f"[blend] fitting {result.candidate.name} (weight {weight:.1f})")
+        member_context = dataclasses.replace(
+            context, reuse=result.state, report=False,
+            fingerprint=_fingerprint(member_config, partition, runtime.world_size),
+            checkpoint_dir=f"{context.checkpoint_dir.rstrip('/')}/{result.candidate.name}")
+        result.state = None
+        fitted = family.fit(data, result.settings, member_context)
+        scale = score_scale(validation_scores(fitted.scorer, data.validation, choice.rows))
+        members.append(Member(result.candidate.name, fitted, weight, scale))
+    k = context.top_k
+    return blend(members, {contracts.metric_name("ndcg", k, validation=True): choice.val_ndcg,
+                           contracts.metric_name("hr", k, validation=True): choice.val_hr})
+
+
 def run(config: TrainConfig) -> TrainResult:
     from ncf import selection
     from ncf.data import load_partition
@@ -880,21 +910,29 @@ def run(config: TrainConfig) -> TrainResult:
         started = time.perf_counter()
         summary: dict[str, Any] | None = None
         selection_seconds = 0.0
+        fitted: FitResult | None = None  # set here by a blend, else fitted below
         if candidates:
             picked = selection.select(
                 data, candidates, config, context, {"ncf": config.tune_trials_ncf, "*": config.tune_trials},
-                tracker=logger, before_candidate=lambda fam, s: _set_threads(config, fam, s, runtime))
+                tracker=logger, before_candidate=lambda fam, s: _set_threads(config, fam, s, runtime),
+                blend=config.blend)
             selection_seconds = time.perf_counter() - started
             summary = picked.summary()
-            config = chosen_config(config, picked.chosen)
-            family, settings = families.get(config.family), picked.chosen.settings
-            _set_threads(config, family, settings, runtime)
-            context.reuse = picked.chosen.state
-            picked.chosen.state = None
+            if picked.blended:
+                fitted = _fit_blend(picked, data, config, context, runtime, partition)
+                config = dataclasses.replace(config, family="blend")
+                family = families.get("blend")
+            else:
+                config = chosen_config(config, picked.chosen)
+                family, settings = families.get(config.family), picked.chosen.settings
+                _set_threads(config, family, settings, runtime)
+                context.reuse = picked.chosen.state
+                picked.chosen.state = None
             logger.selected(config, summary)
-        context.fingerprint = _fingerprint(config, partition, runtime.world_size)
-        fitted = family.fit(data, settings, context)
-        context.reuse = None
+        if fitted is None:
+            context.fingerprint = _fingerprint(config, partition, runtime.world_size)
+            fitted = family.fit(data, settings, context)
+            context.reuse = None
         train_seconds = time.perf_counter() - started
         model_uri = storage.join(config.output_uri)
         metrics: dict[str, Any] = {}

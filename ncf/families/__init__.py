@@ -2,7 +2,8 @@
 
 Adding a family is one module defining `FAMILY` (a `ncf.families.base.Family`), one line here, its settings in
 `ncf.train.TrainConfig` and its tests (docs/ARCHITECTURE.md, "Adding a model family"). Modules are imported only
-when their family is used.
+when their family is used. `COMPOSITES` are families of packages that model selection makes from other families'
+fitted models (never trained on their own, so neither a `--family` nor a candidate); they load like any other.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ FAMILIES: dict[str, str] = {
     "ials": "ncf.families.ials",  # implicit ALS (Hu et al. 2008) through the `implicit` library
     "popularity": "ncf.families.popularity",  # training counts: the cold-start fallback and the baseline
 }
+COMPOSITES: dict[str, str] = {
+    "blend": "ncf.families.blend",  # a validation-weighted sum of the tuned candidates' scores
+}
 
 
 def get(name: str):
     """The `Family` registered as `name`."""
-    if name not in FAMILIES:
+    module = FAMILIES.get(name) or COMPOSITES.get(name)
+    if module is None:
         raise UserError(f"family: unknown model family {name!r}; choose one of {list(FAMILIES)}")
-    return importlib.import_module(FAMILIES[name]).FAMILY
+    return importlib.import_module(module).FAMILY

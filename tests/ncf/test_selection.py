@@ -68,11 +68,12 @@ def _select(partition: Partition, candidates: str, memory_budget: int = 0, **con
     context = FitContext(Runtime(torch.device("cpu")), seed=train_config.seed, top_k=10, memory_budget=memory_budget)
     data = fit_data(partition, validation=True, seed=train_config.seed)
     return selection.select(data, selection.parse_candidates(candidates, train_config.model), train_config, context,
-                            {"ncf": train_config.tune_trials_ncf, "*": train_config.tune_trials})
+                            {"ncf": train_config.tune_trials_ncf, "*": train_config.tune_trials},
+                            blend=train_config.blend)
 
 
 def test_selection_chooses_the_best_validation_candidate():
-    picked = _select(clustered_partition(), "popularity,ials,ease", tune_trials=4)
+    picked = _select(clustered_partition(), "popularity,ials,ease", tune_trials=4, blend="off")
     summary = picked.summary()
     scores = {name: c["val_ndcg@10"] for name, c in summary["candidates"].items()}
     assert summary["chosen"] == max(scores, key=scores.get)
@@ -95,13 +96,14 @@ def _without_seconds(summary: dict) -> dict:
 
 def test_the_test_split_changes_no_choice():
     """Acceptance (issue 11): replacing every test row changes neither the chosen candidate nor its settings --
-    nor any trial's validation score: nothing in selection reads the test rows."""
+    nor any trial's validation score, nor the blend's weights: nothing in selection reads the test rows."""
     partition = make_partition(num_users=40, num_items=80, per_user=10, seed=3)
     other = with_other_test_split(partition, seed=9)
     assert (other.test_items != partition.test_items).all()
-    runs = [_select(p, "GMF,ease,ials,popularity", tune_trials=2, tune_trials_ncf=2, epochs=2)
+    runs = [_select(p, "GMF,ease,ials,popularity", tune_trials=2, tune_trials_ncf=2, epochs=2, blend="on")
             for p in (partition, other)]
     assert _without_seconds(runs[0].summary()) == _without_seconds(runs[1].summary())
+    assert runs[0].summary()["candidates"]["blend"]["settings"]  # the weights, compared above
     for a, b in zip(runs[0].candidates, runs[1].candidates, strict=True):
         assert [(t.params, t.val_ndcg, t.val_hr) for t in a.trials] == [(t.params, t.val_ndcg, t.val_hr)
                                                                         for t in b.trials]
@@ -111,7 +113,7 @@ def test_train_step_exports_the_chosen_model_and_records_the_candidates(tmp_path
     partition = clustered_partition(uri=str(tmp_path / "data" / "dt=2026-11-27"))
     uri = write_partition(partition, partition.uri)
     result = run(TrainConfig(partition_uri=uri, output_uri=str(tmp_path / "models" / "m"), candidates="popularity,ease",
-                             tune_trials=3, progress="off"))
+                             tune_trials=3, progress="off", blend="off"))
     summary = result.metrics["candidates"]
     assert summary["chosen"] == "ease" and result.metrics["family"] == "ease"
     package = load_package(result.model_uri)
@@ -122,7 +124,7 @@ def test_train_step_exports_the_chosen_model_and_records_the_candidates(tmp_path
     assert package.config["hyperparameters"]["family"] == "ease"
     err = capsys.readouterr().err
     assert "[select] popularity: best validation" in err and "[select] ease: best validation" in err
-    assert "[select] chosen: ease" in err
+    assert "[select] best alone: ease" in err and "[select] blend" not in err
 
 
 def test_trials_are_mlflow_child_runs(tmp_path):
@@ -185,7 +187,7 @@ def test_the_default_candidates_train_ncf(tmp_path):
                              tune_trials=2, tune_trials_ncf=2, **SMALL_NCF))
     ncf = [name for c, name in zip(parsed, [c.name for c in parsed], strict=True) if c.family == "ncf"]
     summary = result.metrics["candidates"]
-    assert set(summary["candidates"]) == {c.name for c in parsed}
+    assert set(summary["candidates"]) == {c.name for c in parsed} | {"blend"}  # --blend auto: weights chosen
     for name in ncf:  # NCF was trained (its trials fitted and scored on validation), whichever won
         assert summary["candidates"][name]["trials"] == 2 and summary["candidates"][name]["val_ndcg@10"] > 0
 
@@ -234,3 +236,62 @@ def test_a_family_named_alone_turns_the_default_candidates_off(tmp_path):
         run(TrainConfig(partition_uri=partition_uri, output_uri=str(tmp_path / "both"), family="ease",
                         candidates="GMF,ials", progress="off"))
     assert not (tmp_path / "both").exists()
+
+
+def _scored(name: str, scores: np.ndarray, k: int = 1) -> selection.CandidateResult:
+    """A candidate whose best trial scored the validation rows' candidates as `scores` [rows, 1 + negatives]."""
+    hit, ndcg = selection._hit_ndcg(scores, k)
+    best = selection.Trial(0, {}, hit, ndcg, 0.0)
+    return selection.CandidateResult(selection.Candidate(name, name), None, {}, best, [best], [], 0.0,
+                                     val_scores=scores)
+
+
+def test_a_blend_of_members_right_on_different_rows_beats_each_alone():
+    """Each member ranks half the rows' held-out items first and the other half at random: weighed together they
+    beat both alone (exported under auto); next to a member right on every row the blend gains nothing (not
+    exported under auto, exported under on)."""
+    rng = np.random.default_rng(0)
+    rows, half = 400, 200
+    first, second = rng.normal(size=(rows, 10)), rng.normal(size=(rows, 10))
+    first[:half, 0] += 3.0
+    second[half:, 0] += 3.0
+    every = np.arange(rows)
+    choice = selection.choose_blend([_scored("first", first), _scored("second", second)], every, 1, "auto")
+    assert choice.used and [m.candidate.name for m in choice.members] == ["first", "second"]
+    assert choice.val_ndcg > choice.best_alone + 0.1 and all(w > 0 for w in choice.weights)
+    assert sum(choice.weights) == pytest.approx(1.0) and choice.grid_points == 11
+    perfect = rng.normal(size=(rows, 10))
+    perfect[:, 0] = 10.0
+    members = [_scored("perfect", perfect), _scored("first", first)]
+    assert not selection.choose_blend(members, every, 1, "auto").used
+    assert selection.choose_blend(members, every, 1, "on").used
+    assert selection.choose_blend(members[:1], every, 1, "on") is None  # one candidate: nothing to blend
+
+
+def test_the_train_step_exports_a_blend_of_what_each_member_exports_alone(tmp_path, capsys):
+    """--blend on: the package's scores are the weighted sum of the models each member's family exports alone with
+    the settings selection chose for it (each divided by its scale); the summary, config and metric line say so."""
+    partition = make_partition(num_users=40, num_items=80, per_user=10, seed=3,
+                               uri=str(tmp_path / "data" / "dt=2026-11-27"))  # where both members get weight
+    uri = write_partition(partition, partition.uri)
+    result = run(TrainConfig(partition_uri=uri, output_uri=str(tmp_path / "models" / "blend"), candidates="ease,ials",
+                             tune_trials=2, blend="on", progress="off"))
+    metric_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("HR=")]
+    assert metric_lines[-1] == f"HR={result.metrics['hr@10']:.4f}; NDCG={result.metrics['ndcg@10']:.4f};"
+    summary = result.metrics["candidates"]
+    assert summary["chosen"] == "blend" and summary["candidates"]["blend"]["exported"]
+    package = load_package(result.model_uri)
+    assert package.family == "blend" == result.metrics["family"]
+    members = package.config["members"]
+    assert {m["name"]: m["weight"] for m in members} == summary["candidates"]["blend"]["settings"]
+    assert [m["family"] for m in members] == ["ease", "ials"]
+    assert sum(m["weight"] for m in members) == pytest.approx(1.0)
+    users = torch.arange(partition.num_users)
+    expected = torch.zeros(partition.num_users, partition.num_items)
+    for member in members:
+        alone = run(TrainConfig(partition_uri=uri, output_uri=str(tmp_path / "models" / member["name"]),
+                                family=member["name"], candidates="", progress="off",
+                                **summary["candidates"][member["name"]]["settings"]))
+        assert member["coefficient"] == pytest.approx(member["weight"] / member["scale"])
+        expected += member["coefficient"] * load_package(alone.model_uri).scorer.score_all(users)
+    torch.testing.assert_close(package.scorer.score_all(users), expected, rtol=1e-5, atol=1e-5)

@@ -15,7 +15,7 @@ import torch
 
 from ncf import gate, storage
 from ncf.evaluate import evaluate
-from ncf.families import FAMILIES
+from ncf.families import COMPOSITES, FAMILIES
 from ncf.package import load_package
 from ncf.ports import free_port
 from ncf.train import TrainConfig, run
@@ -28,11 +28,16 @@ SETTINGS = {
     "ease": dict(ease_lambda=5.0),
     "ials": dict(ials_factors=8, ials_iterations=4),
     "popularity": {},
+    # made by model selection: the three candidates above, tuned once each, weighed on validation (always exported)
+    "blend": dict(family="ncf", candidates="GMF,ease,ials", blend="on", tune_trials=1, tune_trials_ncf=1, epochs=2,
+                  batch_size=64, factor_num=8, ensemble=2, patience=1, ease_lambda=5.0, ials_factors=8,
+                  ials_iterations=4),
 }
+EVERY_FAMILY = [*FAMILIES, *COMPOSITES]
 
 
 def test_every_registered_family_is_covered():
-    assert set(SETTINGS) == set(FAMILIES)
+    assert set(SETTINGS) == set(EVERY_FAMILY)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +62,7 @@ def packages(root, partition):
     def package(family: str) -> str:
         if family not in trained:
             config = TrainConfig(partition_uri=partition.uri, output_uri=str(root / "models" / family),
-                                 family=family, candidates="", progress="off", **SETTINGS[family])
+                                 progress="off", **{"family": family, "candidates": "", **SETTINGS[family]})
             trained[family] = run(config).model_uri
         return trained[family]
 
@@ -113,7 +118,7 @@ def _check_top_k(prediction: dict, scores: np.ndarray, item_ids: list[str], seen
     np.testing.assert_allclose(scores[returned], got, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", EVERY_FAMILY)
 def test_fit_export_load_score_evaluate_gate_and_serve(family, packages, partition, predictor):
     uri = packages(family)
     package = load_package(uri)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import resource
 import shlex
 import sys
@@ -39,7 +38,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.report import publish, table  # noqa: E402
+from bench.report import host, publish, table  # noqa: E402
 from ncf import contracts  # noqa: E402
 from ncf.data import Partition  # noqa: E402
 
@@ -158,7 +157,7 @@ def _measure(args, argv: list[str] | None) -> int:
         rows += [("**train-step evaluation + gate (target <= 300 s on 2 cores)**", f"**{total:.1f} s**"),
                  ("peak RSS of this process", f"{peak_rss_gb():.1f} GB")]
 
-    header = (f"## Evaluation and gate at scale ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+    header = (f"## Evaluation and gate at scale ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {host()}, "
               f"{process_cores()} cores, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f})")
     report = (f"\n{header}\n\n`{command}`: {args.users:,} users x {args.items:,} items, {args.per_user} training "
               f"rows per user, {args.model} x{args.members}\n\n{table(rows)}\n")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -24,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.report import host  # noqa: E402
 from ncf import storage  # noqa: E402
 from spark import generate  # noqa: E402
 from spark.preprocess import PreprocessConfig, run  # noqa: E402
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         header = (
             f"\n## preprocess — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC\n\n"
-            f"`{command.strip()}` — master {args.master}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+            f"`{command.strip()}` — master {args.master}, {os.cpu_count()} CPUs, {host()}, "
             f"load average at the end {load:.1f}\n\n"
         )
         with args.results.open("a") as handle:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -36,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.report import publish, table  # noqa: E402
+from bench.report import host, publish, table  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from ncf.ranking import process_cores
 
     device = "cpu" if args.device == "cpu" or not torch.cuda.is_available() else torch.cuda.get_device_name(0)
-    header = (f"## Nightly top-K at scale ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+    header = (f"## Nightly top-K at scale ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {host()}, "
               f"{process_cores()} cores, device {device}, torch {torch.__version__}, load average "
               f"{os.getloadavg()[0]:.1f})")
     report = (f"\n{header}\n\n`{command}`: {args.users:,} users x {args.items:,} items, {args.per_user} seen items "

@@ -36,7 +36,6 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import platform
 import random
 import shlex
 import shutil
@@ -55,7 +54,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import serve  # noqa: E402
-from bench.report import publish, table  # noqa: E402
+from bench.report import host, publish, table  # noqa: E402
 from ncf import contracts, storage  # noqa: E402
 from ncf.ports import free_port  # noqa: E402
 from spark.standalone import standalone_cluster  # noqa: E402
@@ -554,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                 stopped = "a smaller size failed"  # and a larger one would fail the same way, later
 
     header = (f"## Scale: the pipeline's steps end to end ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
-              f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})")
+              f"{host()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})")
     setup = (f"preprocess on {preprocess_master(args)}; train {args.model}, 1 epoch, CPU; recommend "
              f"top-10 on the CPU{f', {args.slice_users:,} users then extrapolated' if args.slice_users else ''}; "
              f"serve V1 REST on 127.0.0.1. Generation not timed. CPU s: every process of the step (sampled every "

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.report import host
 from ncf.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -404,7 +405,7 @@ def render(rows: list[dict], args, load_before: float, argv: list[str], memory: 
         f"## serve — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC{' (quick: not a measurement)' if args.quick else ''}",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {os.cpu_count()} CPUs, load average {load_before:.1f} at start; 1 server worker, client in "
+        f"Machine: {host()}, {os.cpu_count()} CPUs, load average {load_before:.1f} at start; 1 server worker, client in "
         f"another process; model: {model}",
         "",
         "| server | protocol | p50 c=1 (ms) | p99 c=1 (ms) | req/s c=8 | p99 c=8 (ms) | errors |",

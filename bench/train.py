@@ -27,7 +27,6 @@ import concurrent.futures
 import datetime as dt
 import multiprocessing
 import os
-import platform
 import random
 import resource
 import shlex
@@ -44,7 +43,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.report import publish, table  # noqa: E402
+from bench.report import host, publish, table  # noqa: E402
 from ncf import contracts, storage, train  # noqa: E402
 from ncf.data import Partition, load_partition  # noqa: E402
 from ncf.models import ModelSpec, build_model  # noqa: E402
@@ -323,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     pop_hr, pop_ndcg = popularity_metrics(partition)
     rows.append(("popularity ranking: test HR@10 / NDCG@10", f"{pop_hr:.4f} / {pop_ndcg:.4f}"))
 
-    header = (f"## Training, ML-100K ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+    header = (f"## Training, ML-100K ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {host()}, "
               f"{os.cpu_count()} cores, torch {torch.__version__}, {threads} thread{'s' * (threads > 1)})")
     quick = "  (quick: smoke check, not the targets)" if args.quick else ""
     publish(f"\n{header}\n\n`{command}`{quick}\n\n{table(rows)}\n", args.results)

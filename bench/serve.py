@@ -12,7 +12,9 @@ num_layers 3) is used: latency does not depend on the weights. Prints a table an
 
 With --items a large synthetic catalogue is measured instead: a package of NCF's recommended NeuMF shape (factor_num
 32, 2-layer tower, a 3-model ensemble; `--model-type GMF`: the GMF ensemble that model selection's default NCF
-candidate exports) built directly through the package writer, no training: embeddings drawn
+candidate exports; `--model-type blend`: that GMF ensemble blended half and half with an iALS model of 64 factors,
+what the default candidates can export where EASE refuses the catalogue) built directly through the package writer,
+no training: embeddings drawn
 around topic centres (users near the centre of their topic, items near theirs) so the inner products have the
 structure of a trained model's, towers at their initialisation. The package is written with its retrieval index
 (ncf/retrieval.py); the predictor is started twice, `--retrieval exact` (every item scored per request) and
@@ -76,10 +78,11 @@ def fresh_package(directory: Path, num_users: int = 943, num_items: int = 1682, 
 def structured_package(directory: Path, num_users: int, num_items: int, *, model_type: str = "NeuMF",
                        members: int = 3, factor_num: int = 32, num_layers: int = 2, topics: int = 2000,
                        per_user: int = 20, seed: int = 0) -> str:
-    """A package of NCF's shape (`model_type` NeuMF or GMF) over a large synthetic catalogue, without training: each
-    user and item has a topic; every embedding is its topic's centre (per member and branch) plus noise, so a
-    user's best items by inner product are mostly items of their topic, as after training. Towers keep their
-    initialisation. Training rows (seen items, popularity): `per_user` items per user, 80% from the user's topic."""
+    """A package of NCF's shape (`model_type` NeuMF or GMF; blend: GMF blended with iALS) over a large synthetic
+    catalogue, without training: each user and item has a topic; every embedding is its topic's centre (per member
+    and branch) plus noise, so a user's best items by inner product are mostly items of their topic, as after
+    training. Towers keep their initialisation. Training rows (seen items, popularity): `per_user` items per user,
+    80% from the user's topic."""
     import torch
 
     from ncf.data import Partition
@@ -93,23 +96,31 @@ def structured_package(directory: Path, num_users: int, num_items: int, *, model
     gen = torch.Generator().manual_seed(seed)
     item_topic = rng.integers(0, topics, num_items)
     user_topic = rng.integers(0, topics, num_users)
-    spec = ModelSpec(model_type, num_users, num_items, factor_num=factor_num, num_layers=num_layers)
+
+    def around_topics(width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """User and item tables [*, width]: their topic's centre plus noise (items noisier)."""
+        centres = torch.randn(topics, width, generator=gen)
+        return tuple((centres[torch.as_tensor(topic)] + noise * torch.randn(len(topic), width, generator=gen))
+                     / width ** 0.5 for topic, noise in ((user_topic, 0.3), (item_topic, 0.6)))
+
+    ncf_type = "GMF" if model_type == "blend" else model_type
+    spec = ModelSpec(ncf_type, num_users, num_items, factor_num=factor_num, num_layers=num_layers)
     models = []
     for _ in range(members):
         torch.manual_seed(int(rng.integers(1 << 31)))
         model = build_model(spec).eval()
         with torch.no_grad():
             branches = [(model.embed_user_GMF.weight, model.embed_item_GMF.weight)]
-            if model_type == "NeuMF":
+            if ncf_type == "NeuMF":
                 branches.append((model.embed_user_MLP.weight, model.embed_item_MLP.weight))
             for user_table, item_table in branches:
-                width = user_table.shape[1]
-                centres = torch.randn(topics, width, generator=gen)
-                for table, topic, noise in ((user_table, user_topic, 0.3), (item_table, item_topic, 0.6)):
-                    table.copy_(centres[torch.as_tensor(topic)])
-                    table.add_(torch.randn(table.shape, generator=gen), alpha=noise).div_(width ** 0.5)
+                for table, values in zip((user_table, item_table), around_topics(user_table.shape[1]), strict=True):
+                    table.copy_(values)
         models.append(model)
     model = models[0] if members == 1 else ensemble_of(models).eval()
+    exported = export(model)
+    if model_type == "blend":
+        exported = _blend_with_ials(model, *around_topics(64))
     by_topic = np.argsort(item_topic, kind="stable")
     starts = np.searchsorted(item_topic[by_topic], np.arange(topics + 1))
     users = np.repeat(np.arange(num_users), per_user)
@@ -125,14 +136,40 @@ def structured_package(directory: Path, num_users: int, num_items: int, *, model
         test_users=empty, test_items=empty, test_negatives=np.zeros((0, 99), dtype=np.int32),
         user_ids=np.asarray([f"u{u}" for u in range(num_users)], dtype=object),
         item_ids=np.asarray([f"i{i}" for i in range(num_items)], dtype=object), stats={})
-    uri = save_package(directory, export(model), **package_tables(partition), metrics={},
+    uri = save_package(directory, exported, **package_tables(partition), metrics={},
                        retrieval=RetrievalSettings(), extra={"synthetic": "bench/serve.py structured_package"})
     print(f"wrote {num_users:,} users x {num_items:,} items ({members} x {describe_model(model_type, factor_num, num_layers)}; index "
           f"included) to {directory} in {time.perf_counter() - started:.0f}s", flush=True)
     return uri
 
 
+def _blend_with_ials(model, user_factors, item_factors):
+    """The package contents of `model` (an NCF) and an iALS model of these factors, weighed half and half, each
+    scaled by its scores' standard deviation over a sample of (user, item) pairs (as selection scales them)."""
+    import torch
+
+    from ncf.families.base import ExportedModel, FitResult, InnerProductScorer
+    from ncf.families.blend import Member, blend
+    from ncf.families.ncf import export
+    from ncf.scoring import ItemScorer
+    from ncf.selection import score_scale
+
+    gen = torch.Generator().manual_seed(1)
+    users = torch.randint(0, user_factors.shape[0], (2000,), generator=gen)
+    items = torch.randint(0, item_factors.shape[0], (2000, 100), generator=gen)
+    ials = ExportedModel("ials", {"user_factors": user_factors.contiguous(), "item_factors": item_factors.contiguous()},
+                         {"num_users": user_factors.shape[0], "num_items": item_factors.shape[0],
+                          "factors": user_factors.shape[1], "score": "dot"})
+    fitted = [("GMF", FitResult(ItemScorer(model), export(model), {})),
+              ("ials", FitResult(InnerProductScorer(user_factors, item_factors), ials, {}))]
+    members = [Member(name, fit, 0.5, score_scale(fit.scorer.score_candidates(users, items).numpy()))
+               for name, fit in fitted]
+    return blend(members, {}).exported
+
+
 def describe_model(model_type: str, factor_num: int = 32, num_layers: int = 2) -> str:
+    if model_type == "blend":
+        return f"blend: GMF factor_num {factor_num} (weight 0.5) + iALS 64 factors (0.5)"
     return f"{model_type} factor_num {factor_num}" + (f", {num_layers} layers" if model_type == "NeuMF" else "")
 
 
@@ -306,9 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=0,
                         help="measure a synthetic catalogue of this many items (exact and two-stage) instead")
     parser.add_argument("--users", type=int, default=0, help="with --items: users in the package (default: --items)")
-    parser.add_argument("--model-type", default="NeuMF", choices=("NeuMF", "GMF"),
-                        help="with --items: the synthetic package's NCF model (GMF: what model selection exports "
-                             "for NCF by default)")
+    parser.add_argument("--model-type", default="NeuMF", choices=("NeuMF", "GMF", "blend"),
+                        help="with --items: the synthetic package's model (GMF: what model selection exports for NCF "
+                             "by default; blend: that GMF ensemble blended with iALS)")
     parser.add_argument("--package-dir", default="", help="with --items: build the package here once and reuse it "
                                                           "(default: a temporary directory)")
     parser.add_argument("--protocols", default="v1,v2,grpc", help="comma-separated: v1, v2, grpc")
@@ -333,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
 
             model_uri = str(directory) if storage.is_complete(str(directory)) else structured_package(
                 directory, args.users or args.items, args.items, model_type=args.model_type)
-            built = json.loads((directory / "config.json").read_text())["model_type"]
+            config = json.loads((directory / "config.json").read_text())
+            built = config.get("model_type") or config["family"]
             if built != args.model_type:
                 raise SystemExit(f"error: --package-dir {directory} holds a {built} package, not --model-type "
                                  f"{args.model_type}: use another directory")
@@ -395,7 +433,7 @@ def render(rows: list[dict], args, load_before: float, argv: list[str], memory: 
     command = shlex.join(["python", "bench/serve.py", *argv])
     if args.items:
         model = (f"synthetic {args.users or args.items:,} users x {args.items:,} items, "
-                 f"{describe_model(args.model_type)}, 3-model ensemble, structured random weights (no training), "
+                 f"{describe_model(args.model_type)}, 3-model NCF ensemble, structured random weights (no training), "
                  f"written by bench/serve.py "
                  f"structured_package with its retrieval index")
     else:

@@ -47,7 +47,11 @@ def train(
     for name, value in result.metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics.log_metric(name, value)
-    chosen = result.metrics.get("candidates", {}).get("chosen", "")  # model selection's winner, when it ran
+    selection = result.metrics.get("candidates", {})
+    chosen = selection.get("chosen", "")  # model selection's winner, when it ran
+    if chosen == "blend":  # its members and weights: "blend of GMF 0.9 + ease 0.1"
+        weights = selection["candidates"]["blend"]["settings"]
+        chosen = "blend of " + " + ".join(f"{name} {weight:g}" for name, weight in weights.items())
     package.metadata.update({"model_uri": result.model_uri, "model_type": model, **user_facing,
                              "family": result.metrics.get("family", ""), "chosen_candidate": chosen})
     with open(package.path, "w") as out:

@@ -186,15 +186,18 @@ class Selection:
 
 
 def validation_scores(scorer, validation, rows: np.ndarray) -> np.ndarray:
-    """float32 [len(rows), 1 + negatives]: each row's held-out item's score, then its negatives'."""
+    """float32 [len(rows), 1 + negatives]: each row's held-out item's score, then its negatives' (NaN as -inf, as
+    the evaluation ranks it: a NaN held-out item must not count as a hit)."""
     import torch
 
     users = np.asarray(validation.users[rows], dtype=np.int64)
     candidates = np.concatenate([validation.items[rows, None], validation.negatives[rows]], axis=1).astype(np.int64)
     step = max(1, (1 << 22) // candidates.shape[1])
-    return np.concatenate([scorer.score_candidates(torch.from_numpy(users[lo:lo + step]),
-                                                   torch.from_numpy(candidates[lo:lo + step])).float().cpu().numpy()
-                           for lo in range(0, len(users), step)]) if len(users) else np.zeros(candidates.shape)
+    scores = np.concatenate([scorer.score_candidates(torch.from_numpy(users[lo:lo + step]),
+                                                     torch.from_numpy(candidates[lo:lo + step])).float().cpu().numpy()
+                             for lo in range(0, len(users), step)]) if len(users) else np.zeros(candidates.shape)
+    scores[np.isnan(scores)] = -np.inf
+    return scores
 
 
 def _hit_ndcg(scores: np.ndarray, k: int) -> tuple[float, float]:

@@ -295,3 +295,16 @@ def test_the_train_step_exports_a_blend_of_what_each_member_exports_alone(tmp_pa
         assert member["coefficient"] == pytest.approx(member["weight"] / member["scale"])
         expected += member["coefficient"] * load_package(alone.model_uri).scorer.score_all(users)
     torch.testing.assert_close(package.scorer.score_all(users), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_nan_held_out_score_is_a_miss_in_the_blend_rows():
+    """A model that scores NaN must not look perfect when the blend's rows are ranked (evaluation ranks NaN last)."""
+    from ncf.splits import HeldOut
+
+    class NanScorer:
+        def score_candidates(self, users, items):
+            return torch.full(items.shape, float("nan"))
+
+    held_out = HeldOut(np.arange(4, dtype=np.int32), np.zeros(4, dtype=np.int32), np.ones((4, 5), dtype=np.int32))
+    scores = selection.validation_scores(NanScorer(), held_out, np.arange(4))
+    assert np.isneginf(scores).all() and selection._hit_ndcg(scores, 1) == (0.0, 0.0)

@@ -22,6 +22,7 @@ def train(
     model: str,
     tracking_uri: str,
     candidates: str,
+    blend: str,
     tune_trials: int,
     tune_trials_ncf: int,
     pipeline_run_id: str,

@@ -133,7 +133,7 @@ class TrainConfig:
     blend: str = param("auto", "model selection: also weigh the best candidates' scores together, the weights chosen "
                                "on the validation split, and export that blend when it beats every candidate alone "
                                "there (auto), whenever 2+ candidates fitted (on), or never (off)",
-                       choices=("auto", "on", "off"))
+                       pipeline=True, choices=("auto", "on", "off"))
     tune_trials: int = param(16, "model selection: tuning trials per candidate family other than NCF (trial 0: the "
                                  "configured settings; a family without a search space gets 1)", pipeline=True)
     tune_trials_ncf: int = param(3, "model selection: tuning trials per NCF candidate (each one model's selection "

@@ -86,7 +86,7 @@ def test_pipeline_parameters_are_the_seed_hyperparameters_plus_model_and_trackin
 
     assert [f.name for f in pipeline_fields(TrainConfig)] == [
         "epochs", "lr", "batch_size", "top_k", "dropout", "factor_num", "num_layers", "model", "tracking_uri",
-        "candidates", "tune_trials", "tune_trials_ncf"]
+        "candidates", "blend", "tune_trials", "tune_trials_ncf"]
 
 
 def test_same_seed_same_model(tiny_partition_uri, tmp_path):

@@ -46,7 +46,8 @@ class BlendScorer(Scorer):
     def _sum(self, score) -> torch.Tensor:
         total = None
         for scorer, coefficient in self.members:
-            part = score(scorer).float().mul_(coefficient)
+            # Members may live on different devices (a GPU-trained NCF beside EASE's CPU matrix): sum on the first's.
+            part = score(scorer).to(self.device, torch.float32) * coefficient  # never in place: a member's tensor
             total = part if total is None else total.add_(part)
         return total
 
@@ -64,10 +65,12 @@ class BlendScorer(Scorer):
         return [(scorer, c) for scorer, c in self.members if scorer.inner_product]
 
     def user_vectors(self, users=None) -> torch.Tensor:
-        return torch.cat([scorer.user_vectors(users).float() * c for scorer, c in self._with_vectors()], dim=1)
+        return torch.cat([scorer.user_vectors(users).to(self.device, torch.float32) * c
+                          for scorer, c in self._with_vectors()], dim=1)
 
     def item_vectors(self) -> torch.Tensor:
-        return torch.cat([scorer.item_vectors().float() for scorer, _ in self._with_vectors()], dim=1)
+        return torch.cat([scorer.item_vectors().to(self.device, torch.float32) for scorer, _ in self._with_vectors()],
+                         dim=1)
 
 
 @dataclasses.dataclass(frozen=True)

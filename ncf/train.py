@@ -176,6 +176,8 @@ def _validate(config: TrainConfig) -> None:
         raise UserError("full_eval_users and memory_budget_gb must be >= 0")
     if config.threads < 0:
         raise UserError(f"threads: must be >= 0 (0: chosen from the cores and batch size), got {config.threads}")
+    if config.blend not in ("auto", "on", "off"):
+        raise UserError(f"blend: {config.blend!r}, expected auto, on or off")
     if config.tune_trials < 1 or config.tune_trials_ncf < 1:
         raise UserError(f"tune_trials and tune_trials_ncf: must be >= 1 (1: the configured settings only), got "
                         f"{config.tune_trials}, {config.tune_trials_ncf}")

@@ -170,6 +170,8 @@ def test_bad_candidates_name_the_field_and_the_allowed_names(monkeypatch):
         run(TrainConfig(**config, candidates="GMF,ease", patience=0))
     with pytest.raises(UserError, match="tune_trials"):
         run(TrainConfig(**config, tune_trials=0))
+    with pytest.raises(UserError, match="blend: 'maybe', expected auto, on or off"):
+        run(TrainConfig(**config, blend="maybe"))
     assert [c.name for c in selection.parse_candidates("gmf, EASE", "NeuMF")] == ["GMF", "ease"]
     monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun
     with pytest.raises(UserError, match="candidates: model selection runs in one process, not under torchrun"):

@@ -59,6 +59,7 @@ from ncf.models import (
 from ncf.ranking import all_cores, process_cores
 from ncf.sampling import NegativeSampler, history_order
 from ncf.scoring import ACTIVATION_BUDGET, ItemScorer
+from ncf.selection import BLEND_MODES
 from ncf.splits import FitData, Interactions
 
 # The seed system's run, reproduced by `--preset seed`.
@@ -133,7 +134,7 @@ class TrainConfig:
     blend: str = param("auto", "model selection: also weigh the best candidates' scores together, the weights chosen "
                                "on the validation split, and export that blend when it beats every candidate alone "
                                "there (auto), whenever 2+ candidates fitted (on), or never (off)",
-                       pipeline=True, choices=("auto", "on", "off"))
+                       pipeline=True, choices=BLEND_MODES)
     tune_trials: int = param(16, "model selection: tuning trials per candidate family other than NCF (trial 0: the "
                                  "configured settings; a family without a search space gets 1)", pipeline=True)
     tune_trials_ncf: int = param(3, "model selection: tuning trials per NCF candidate (each one model's selection "
@@ -176,7 +177,7 @@ def _validate(config: TrainConfig) -> None:
         raise UserError("full_eval_users and memory_budget_gb must be >= 0")
     if config.threads < 0:
         raise UserError(f"threads: must be >= 0 (0: chosen from the cores and batch size), got {config.threads}")
-    if config.blend not in ("auto", "on", "off"):
+    if config.blend not in BLEND_MODES:
         raise UserError(f"blend: {config.blend!r}, expected auto, on or off")
     if config.tune_trials < 1 or config.tune_trials_ncf < 1:
         raise UserError(f"tune_trials and tune_trials_ncf: must be >= 1 (1: the configured settings only), got "

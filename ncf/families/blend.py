@@ -124,7 +124,10 @@ class BlendFamily(Family):
         for position, member in enumerate(members):
             prefix = member_prefix(position)
             own = {name[len(prefix):]: tensor for name, tensor in weights.items() if name.startswith(prefix)}
-            family = families.get(member["family"])
+            try:
+                family = families.get(member["family"])
+            except UserError as exc:  # ValueError: the package loader names the file
+                raise ValueError(f"members[{position}]: {exc}") from exc
             scorers.append((family.load(own, member["config"], package), float(member["coefficient"])))
         if any(scorer.num_items != config["num_items"] for scorer, _ in scorers):
             raise ValueError(f"a member's catalogue is not the blend's {config['num_items']} items")

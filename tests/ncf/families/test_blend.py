@@ -40,6 +40,9 @@ def test_a_member_without_vectors_makes_the_product_partial():
         alone.item_vectors()
 
 
-def test_a_package_config_without_members_is_refused():
+def test_a_package_config_without_members_or_with_an_unknown_one_is_refused():
     with pytest.raises(ValueError, match="members: expected a non-empty list"):
         FAMILY.load({}, {"num_items": 9, "members": []}, package=None)
+    with pytest.raises(ValueError, match=r"members\[0\]: family: unknown model family 'bert4rec'"):
+        FAMILY.load({}, {"num_items": 9, "members": [{"family": "bert4rec", "config": {}, "coefficient": 1.0}]},
+                    package=None)

@@ -45,9 +45,10 @@ def _unknown_positives(ranks: np.ndarray, pos_items: np.ndarray, known_items: to
     return ranks
 
 
-def sampled_ranks(scorer, users, pos_items, neg_items, known_items: torch.Tensor | None = None) -> np.ndarray:
-    """Rank of each row's held-out item `pos_items[r]` among its negatives `neg_items[r]` ([n, num_neg]);
-    int64 [n]. `known_items`: bool [num_items], False for items the scorer does not know."""
+def sampled_scores(scorer, users, pos_items, neg_items, known_items: torch.Tensor | None = None
+                   ) -> Iterator[tuple[int, torch.Tensor]]:
+    """Each row's held-out item's score, then its negatives' ([n, num_neg]), a chunk of rows at a time:
+    (first row, float32 [rows, 1 + num_neg]) with NaN and unknown items at -inf, on the scorer's device."""
     users = np.asarray(users, dtype=np.int64)
     pos_items = np.asarray(pos_items, dtype=np.int64)
     candidates = np.concatenate([pos_items[:, None], np.asarray(neg_items, dtype=np.int64).reshape(len(users), -1)],
@@ -55,13 +56,24 @@ def sampled_ranks(scorer, users, pos_items, neg_items, known_items: torch.Tensor
     device = scorer.device
     known = None if known_items is None else known_items.to(device)
     step = max(1, _SCORES_PER_CHUNK // max(1, candidates.shape[1]))
-    out = np.empty(users.size, dtype=np.int64)
     for lo in range(0, users.size, step):
         cand = torch.as_tensor(candidates[lo:lo + step], device=device)
-        scores = _clean(scorer.score_candidates(torch.as_tensor(users[lo:lo + step], device=device), cand),
-                        None if known is None else known[cand])
-        out[lo:lo + step] = (scores[:, 1:] >= scores[:, :1]).sum(dim=1).cpu().numpy()
-    return _unknown_positives(out, pos_items, known_items)
+        yield lo, _clean(scorer.score_candidates(torch.as_tensor(users[lo:lo + step], device=device), cand),
+                         None if known is None else known[cand])
+
+
+def held_out_ranks(scores: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Rank of column 0 (the held-out item) among the other columns of each row (ties count against it)."""
+    return (scores[:, 1:] >= scores[:, :1]).sum(1)
+
+
+def sampled_ranks(scorer, users, pos_items, neg_items, known_items: torch.Tensor | None = None) -> np.ndarray:
+    """Rank of each row's held-out item `pos_items[r]` among its negatives `neg_items[r]` ([n, num_neg]);
+    int64 [n]. `known_items`: bool [num_items], False for items the scorer does not know."""
+    out = np.empty(len(users), dtype=np.int64)
+    for lo, scores in sampled_scores(scorer, users, pos_items, neg_items, known_items):
+        out[lo:lo + len(scores)] = held_out_ranks(scores).cpu().numpy()
+    return _unknown_positives(out, np.asarray(pos_items, dtype=np.int64), known_items)
 
 
 def full_ranks(scorer, users, pos_items, seen_indptr: np.ndarray, seen_indices: np.ndarray,

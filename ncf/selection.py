@@ -188,22 +188,17 @@ class Selection:
 def validation_scores(scorer, validation, rows: np.ndarray) -> np.ndarray:
     """float32 [len(rows), 1 + negatives]: each row's held-out item's score, then its negatives' (NaN as -inf, as
     the evaluation ranks it: a NaN held-out item must not count as a hit)."""
-    import torch
+    from ncf.ranking import sampled_scores
 
-    users = np.asarray(validation.users[rows], dtype=np.int64)
-    candidates = np.concatenate([validation.items[rows, None], validation.negatives[rows]], axis=1).astype(np.int64)
-    step = max(1, (1 << 22) // candidates.shape[1])
-    scores = np.concatenate([scorer.score_candidates(torch.from_numpy(users[lo:lo + step]),
-                                                     torch.from_numpy(candidates[lo:lo + step])).float().cpu().numpy()
-                             for lo in range(0, len(users), step)]) if len(users) else np.zeros(candidates.shape)
-    scores[np.isnan(scores)] = -np.inf
-    return scores
+    chunks = [scores.cpu().numpy() for _, scores in sampled_scores(
+        scorer, validation.users[rows], validation.items[rows], validation.negatives[rows])]
+    return np.concatenate(chunks) if chunks else np.zeros((0, 1 + validation.negatives.shape[1]), dtype=np.float32)
 
 
 def _hit_ndcg(scores: np.ndarray, k: int) -> tuple[float, float]:
-    from ncf.ranking import hit_ndcg
+    from ncf.ranking import held_out_ranks, hit_ndcg
 
-    hit, ndcg = hit_ndcg((scores[:, 1:] >= scores[:, :1]).sum(axis=1), k)
+    hit, ndcg = hit_ndcg(held_out_ranks(scores), k)
     return float(hit.mean()), float(ndcg.mean())
 
 

@@ -304,6 +304,8 @@ def test_a_nan_held_out_score_is_a_miss_in_the_blend_rows():
     from ncf.splits import HeldOut
 
     class NanScorer:
+        device = torch.device("cpu")
+
         def score_candidates(self, users, items):
             return torch.full(items.shape, float("nan"))
 

@@ -98,6 +98,33 @@ def history_order(users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> np.nd
     return np.lexsort((np.arange(len(users)), np.asarray(items), np.asarray(ts), np.asarray(users)))
 
 
+RECENCY_WEIGHTS = (0.0, 4.0, 16.0, 64.0)  # the recency weights model selection tries (every family that has one)
+RECENCY_POWER = 4.0  # the weights' shape: most of the weight on each user's latest interactions
+
+
+def recency_rank(users: np.ndarray, items: np.ndarray, ts: np.ndarray, num_users: int) -> np.ndarray:
+    """Each interaction's position in its user's history (`history_order`, the order the splits use), scaled to
+    [0, 1] (0 oldest, 1 latest)."""
+    order = history_order(users, items, ts)
+    counts = np.bincount(users, minlength=num_users)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    position = np.empty(len(users), dtype=np.float64)
+    sorted_users = np.asarray(users)[order]
+    position[order] = np.arange(len(users)) - starts[sorted_users]
+    return position / np.maximum(counts[users] - 1, 1)
+
+
+def recency_weights(users: np.ndarray, items: np.ndarray, ts: np.ndarray, num_users: int, weight: float,
+                    power: float = RECENCY_POWER) -> np.ndarray:
+    """float64 [n]: 1 + weight * r**power for the interaction at fraction r of its user's history (`recency_rank`),
+    divided by the mean so the weights average 1; all ones for weight 0. The one definition every family uses
+    (NCF: loss weights; EASE: history weights; iALS: confidence)."""
+    if weight == 0 or len(users) == 0:
+        return np.ones(len(users))
+    raw = 1.0 + weight * recency_rank(users, items, ts, num_users) ** power
+    return raw / raw.mean()
+
+
 def leave_last_out(users: np.ndarray, items: np.ndarray, ts: np.ndarray, num_users: int) -> np.ndarray:
     """Index of each user's latest interaction (`history_order`), for users with >= 2 interactions.
 

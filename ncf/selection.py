@@ -9,7 +9,10 @@ type (`GMF`, `MLP`, `NeuMF`: family ncf with that model). For each one, in order
    limit, so a seed gives the same trials and the same choice. A family without a search space gets one trial.
    Trials fit `family.trial_settings(settings)` without refit (NCF: one model's selection pass, no ensemble) on
    the training rows minus validation, and never see the test rows (`FitData.test` is None in a trial);
-2. the candidate's best trial by validation NDCG@K (the first on ties).
+2. then its family's `refinements(best settings)`, one trial each: the best trial's settings with one setting
+   changed (EASE, iALS: each other recency weight; they stay out of the TPE search, which has few trials to
+   spend); none when the budget is one trial (the configured settings only) or every trial failed;
+3. the candidate's best trial by validation NDCG@K (the first on ties).
 
 The candidate whose best trial has the highest validation NDCG@K wins (the first listed on ties), unless a blend
 wins (`--blend`, `choose_blend`): the best `BLEND_MAX_MEMBERS` candidates' best trials, their scores on the
@@ -235,6 +238,7 @@ def choose_blend(results: list[CandidateResult], rows: np.ndarray, k: int, mode:
 
 
 def _trial_count(family: Family, budgets: dict[str, int]) -> int:
+    """Trials of the search (trial 0 included), before the refinements."""
     if type(family).search_space is Family.search_space:
         return 1
     return max(1, int(budgets.get(family.name, budgets["*"])))
@@ -265,21 +269,36 @@ def select(data: FitData, candidates: list[Candidate], config, context: FitConte
     trial_data = dataclasses.replace(data, test=None)  # trials never see the test rows
     plans = [(c, families.get(c.family), c.settings(config)) for c in candidates]
     counts = [_trial_count(family, budgets) for _, family, _ in plans]
+    refined = [len(family.refinements(base)) if count > 1 else 0
+               for (_, family, base), count in zip(plans, counts, strict=True)]
     results: list[CandidateResult] = []
-    with context.progress_bar(sum(counts), "model selection", unit="trial") as bar:
-        for position, ((candidate, family, base), count) in enumerate(zip(plans, counts, strict=True)):
+    with context.progress_bar(sum(counts) + sum(refined), "model selection", unit="trial") as bar:
+        for position, ((candidate, family, base), count, refinements) in enumerate(
+                zip(plans, counts, refined, strict=True)):
             if before_candidate is not None:
                 before_candidate(family, base)
             sampler = optuna.samplers.TPESampler(seed=context.seed + position)
             study = optuna.create_study(direction="maximize", sampler=sampler)
             result = CandidateResult(candidate, base, {}, None, [], [], 0.0)
             searched: list[str] = []
+            changes: list[dict[str, Any]] = []
             started = time.perf_counter()
-            for number in range(count):
-                trial = study.ask() if number else None  # trial 0: the configured settings
-                tuned = family.search_space(trial, base) if trial is not None else {}
+            for number in range(count + refinements):
+                trial = study.ask() if 0 < number < count else None  # trial 0: the configured settings
+                if number < count:
+                    tuned = family.search_space(trial, base) if trial is not None else {}
+                    settings = dataclasses.replace(base, **tuned)
+                else:  # a refinement of the search's best trial
+                    if number == count:
+                        if result.best is None:  # every trial failed: nothing to refine
+                            bar.update(refinements)
+                            break
+                        searched_best = result.settings
+                        changes = family.refinements(searched_best)
+                    change = changes[number - count]
+                    settings = dataclasses.replace(searched_best, **change)
+                    tuned = {**{name: getattr(searched_best, name) for name in searched}, **change}
                 searched += [name for name in tuned if name not in searched]
-                settings = dataclasses.replace(base, **tuned)
                 trial_context = dataclasses.replace(context, refit=False, resume=False, checkpoint_dir="",
                                                     report=False, reuse=None)
                 trial_started = time.perf_counter()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ncf.errors import UserError
-from ncf.sampling import NegativeSampler, leave_last_out, seen_csr
+from ncf.sampling import NegativeSampler, leave_last_out, recency_weights, seen_csr
 
 DEFAULT_VALIDATION_NEGATIVES = 99  # when the partition's test rows carry none
 
@@ -39,6 +39,20 @@ class Interactions:
     def seen_csr(self) -> tuple[np.ndarray, np.ndarray]:
         """Each user's distinct items, sorted: (indptr int64 [num_users + 1], indices int32)."""
         return seen_csr(self.users, self.items, self.num_users)
+
+    def recency_weights(self, weight: float) -> np.ndarray:
+        """float64 [n]: each row's recency weight (`ncf.sampling.recency_weights`), mean 1; all ones for weight 0."""
+        return recency_weights(self.users, self.items, self.ts, self.num_users, weight)
+
+    def seen_values(self, values: np.ndarray) -> np.ndarray:
+        """`values` (one per row) aligned with `seen_csr()`'s indices: a pair listed twice keeps its largest."""
+        keys = self.users.astype(np.int64) * self.num_items + self.items
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        if starts.size == keys.size:
+            return np.asarray(values)[order]
+        return np.maximum.reduceat(np.asarray(values)[order], starts) if keys.size else np.asarray(values)[:0]
 
     def item_counts(self) -> np.ndarray:
         """float32 [num_items]: interactions per item."""

@@ -57,7 +57,7 @@ from ncf.models import (
     neumf_from_pretrained,
 )
 from ncf.ranking import all_cores, process_cores
-from ncf.sampling import NegativeSampler, history_order
+from ncf.sampling import RECENCY_POWER, NegativeSampler, recency_weights
 from ncf.scoring import ACTIVATION_BUDGET, ItemScorer
 from ncf.selection import BLEND_MODES
 from ncf.splits import FitData, Interactions
@@ -100,7 +100,7 @@ class TrainConfig:
     recency_weight: float = _ncf(16.0, "weight each user's positives by recency: 1 + recency_weight * "
                                        "r**recency_power for the r-th fraction of the user's history (0 oldest, 1 "
                                        "latest), normalised to mean 1; 0: off (the paper's uniform weights)")
-    recency_power: float = _ncf(4.0, "shape of the recency weights: 1 grows linearly with r; larger powers put the "
+    recency_power: float = _ncf(RECENCY_POWER, "shape of the recency weights: 1 grows linearly with r; larger powers put the "
                                      "weight on each user's latest interactions")
     pretrain: bool = _ncf(True, "NeuMF: train GMF and MLP first and initialise NeuMF from them (alpha 0.5); "
                                 "ignored for GMF / MLP")
@@ -140,10 +140,16 @@ class TrainConfig:
     tune_trials_ncf: int = param(3, "model selection: tuning trials per NCF candidate (each one model's selection "
                                     "pass, no ensemble; the winner's is reused by the final fit)", pipeline=True)
     ease_lambda: float = param(500.0, "EASE: L2 regularisation lambda of the closed form", family="ease")
+    ease_recency_weight: float = param(0.0, "EASE: weigh each user's history by recency when scoring, as "
+                                            "--recency-weight weighs NCF's positives (recency power 4); 0: the "
+                                            "binary history of the paper", family="ease")
     ials_factors: int = param(64, "iALS: latent factors", family="ials")
     ials_regularization: float = param(0.05, "iALS: L2 regularisation", family="ials")
     ials_alpha: float = param(10.0, "iALS: confidence of an observed interaction is 1 + alpha", family="ials")
     ials_iterations: int = param(15, "iALS: alternating least-squares sweeps", family="ials")
+    ials_recency_weight: float = param(0.0, "iALS: confidence of an observed interaction is 1 + alpha * its recency "
+                                            "weight, as --recency-weight weighs NCF's positives (recency power 4); "
+                                            "0: 1 + alpha for every one", family="ials")
     # Evaluation and guards.
     full_eval_users: int = param(contracts.DEFAULT_FULL_EVAL_USERS,
                                  "full-ranking metrics over a fixed-seed sample of at most this many test users "
@@ -209,7 +215,7 @@ class NCFSettings:
     num_neg: int = 8
     weight_decay: float = 1e-6
     recency_weight: float = 16.0
-    recency_power: float = 4.0
+    recency_power: float = RECENCY_POWER
     pretrain: bool = True
     patience: int = 3
     ensemble: int = 3
@@ -307,23 +313,10 @@ def _prepare_data(rows: Interactions, settings: NCFSettings, device: torch.devic
     sampler = NegativeSampler(users, items, rows.num_users, rows.num_items, device)
     weights = None
     if settings.recency_weight > 0:
-        rank = recency_rank(users, items, rows.ts, rows.num_users)
-        w = 1.0 + settings.recency_weight * rank ** settings.recency_power
-        weights = torch.from_numpy((w / w.mean()).astype(np.float32)).to(device)
+        w = recency_weights(users, items, rows.ts, rows.num_users, settings.recency_weight, settings.recency_power)
+        weights = torch.from_numpy(w.astype(np.float32)).to(device)
     return _Data(torch.from_numpy(users.astype(np.int64)).to(device), torch.from_numpy(items.astype(np.int64)).to(device),
                  sampler, weights)
-
-
-def recency_rank(users: np.ndarray, items: np.ndarray, ts: np.ndarray, num_users: int) -> np.ndarray:
-    """Each interaction's position in its user's history (`ncf.sampling.history_order`, the order the splits use),
-    scaled to [0, 1] (0 oldest, 1 latest)."""
-    order = history_order(users, items, ts)
-    counts = np.bincount(users, minlength=num_users)
-    starts = np.r_[0, np.cumsum(counts)[:-1]]
-    position = np.empty(users.size, dtype=np.float64)
-    sorted_users = users[order]
-    position[order] = np.arange(users.size) - starts[sorted_users]
-    return position / np.maximum(counts[users] - 1, 1)
 
 
 # ---- NCF: guards ----------------------------------------------------------------------------------------------

@@ -203,6 +203,13 @@ class Family(abc.ABC):
         contain the defaults. Default: {} (nothing to tune; the family is fitted once with its settings)."""
         return {}
 
+    def refinements(self, settings) -> list[dict[str, Any]]:
+        """Changes tried after the search (`ncf.selection`), one trial each, on top of the best trial's `settings`:
+        a setting with a few values worth trying that the search leaves out, so it does not thin the search of the
+        others (EASE, iALS: the recency weight). Its length must be the same for the configured settings (the
+        progress bar counts those). Default: none."""
+        return []
+
     def trial_settings(self, settings) -> Any:
         """The settings a tuning trial fits with (the chosen ones are then fitted as given): `settings` itself
         unless a cheaper stand-in ranks the same (NCF: one model instead of the ensemble)."""

@@ -18,6 +18,7 @@ import torch
 from ncf import train
 from ncf.families.base import ExportedModel, Family, FitContext, FitResult
 from ncf.models import NCF, ModelSpec, NCFEnsemble, build_model
+from ncf.sampling import RECENCY_WEIGHTS
 from ncf.scoring import ItemScorer
 from ncf.splits import FitData
 
@@ -63,7 +64,7 @@ class NCFFamily(Family):
     def search_space(self, trial, settings: train.NCFSettings) -> dict[str, Any]:
         # The data-dependent settings of the training objective (docs/training.md, sweep 3): how strongly the
         # latest interactions count, how many negatives per positive, L2. Epochs come from early stopping.
-        return {"recency_weight": trial.suggest_categorical("recency_weight", [0.0, 4.0, 16.0, 64.0]),
+        return {"recency_weight": trial.suggest_categorical("recency_weight", list(RECENCY_WEIGHTS)),
                 "num_neg": trial.suggest_int("num_neg", 2, 16, log=True),
                 "weight_decay": trial.suggest_categorical("weight_decay", [0.0, 1e-6, 1e-5, 1e-4])}
 

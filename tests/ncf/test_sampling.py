@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ncf.errors import UserError
-from ncf.sampling import NegativeSampler, leave_last_out, seen_csr
+from ncf.sampling import NegativeSampler, leave_last_out, recency_rank, recency_weights, seen_csr
 
 
 def test_seen_csr_sorted_and_deduplicated():
@@ -95,3 +95,19 @@ def test_leave_last_out_breaks_timestamp_ties_like_the_test_split():
     items = np.array([5, 9, 2, 7, 3, 7])
     ts = np.array([10, 20, 20, 5, 5, 1])
     assert leave_last_out(users, items, ts, 2).tolist() == [1, 3]
+
+
+def test_recency_rank_orders_each_users_history():
+    users = np.array([1, 0, 1, 1, 0, 2, 2])
+    items = np.array([4, 1, 2, 3, 0, 8, 6])
+    ts = np.array([5, 3, 1, 9, 2, 7, 7])
+    # user 2's tie: the larger item index counts as the later interaction, as in the splits
+    assert recency_rank(users, items, ts, 3).tolist() == [0.5, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+
+
+def test_recency_weights_average_one_and_grow_with_recency():
+    users, items, ts = np.array([0, 0, 0, 1]), np.array([3, 1, 2, 0]), np.array([1, 2, 3, 5])
+    weights = recency_weights(users, items, ts, 2, 16.0)
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[0] < weights[1] < weights[2]  # user 0, oldest to latest
+    assert recency_weights(users, items, ts, 2, 0.0).tolist() == [1.0] * 4

@@ -79,14 +79,30 @@ def test_selection_chooses_the_best_validation_candidate():
     assert summary["chosen"] == max(scores, key=scores.get)
     assert summary["chosen"] in ("ease", "ials") and scores["popularity"] < scores[summary["chosen"]] - 0.2, summary
     assert summary["candidates"]["popularity"]["trials"] == 1  # nothing to tune
-    assert summary["candidates"]["ease"]["trials"] == 4 and set(summary["candidates"]["ease"]["settings"]) == {
-        "ease_lambda"}
-    assert set(summary["candidates"]["ials"]["settings"]) == {"ials_factors", "ials_regularization", "ials_alpha"}
+    # 4 trials of the search, then the best of them with each other recency weight (the family's refinements)
+    assert summary["candidates"]["ease"]["trials"] == 4 + 3 and set(summary["candidates"]["ease"]["settings"]) == {
+        "ease_lambda", "ease_recency_weight"}
+    assert set(summary["candidates"]["ials"]["settings"]) == {"ials_factors", "ials_regularization", "ials_alpha",
+                                                              "ials_recency_weight"}
     # each candidate's best is the best of its trials, and trial 0 fits the configured settings
     for result in picked.candidates:
         assert result.best.val_ndcg == max(t.val_ndcg for t in result.trials)
         assert result.trials[0].params == {}
     json.dumps(summary)  # what metrics.json / config.json record
+
+
+def test_refinements_try_each_recency_weight_on_the_best_settings_of_the_search():
+    picked = _select(clustered_partition(), "ease", tune_trials=4, blend="off")
+    (ease,) = picked.candidates
+    search, refinements = ease.trials[:4], ease.trials[4:]
+    best_lambda = max(search, key=lambda t: t.val_ndcg).params.get("ease_lambda", 500.0)
+    assert [t.params for t in refinements] == [{"ease_lambda": best_lambda, "ease_recency_weight": w}
+                                               for w in (4.0, 16.0, 64.0)]
+    assert ease.best.val_ndcg == max(t.val_ndcg for t in ease.trials)
+    assert ease.settings.ease_recency_weight == (ease.best.params.get("ease_recency_weight", 0.0))
+    # one trial is the configured settings only: no search, so nothing to refine
+    (alone,) = _select(clustered_partition(), "ease", tune_trials=1, blend="off").candidates
+    assert [t.params for t in alone.trials] == [{}]
 
 
 def _without_seconds(summary: dict) -> dict:
@@ -139,7 +155,7 @@ def test_trials_are_mlflow_child_runs(tmp_path):
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'",
                                   order_by=["attributes.start_time ASC"])
     assert [(c.data.tags["candidate"], c.data.params["trial"]) for c in children] == [
-        ("GMF", "0"), ("GMF", "1"), ("ease", "0"), ("ease", "1"), ("popularity", "0")]
+        ("GMF", "0"), ("GMF", "1"), *[("ease", str(n)) for n in range(2 + 3)], ("popularity", "0")]
     summary = result.metrics["candidates"]
     for child in children:
         assert child.info.status == "FINISHED"

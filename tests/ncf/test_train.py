@@ -13,6 +13,7 @@ from ncf.contracts import metric_line
 from ncf.errors import UserError
 from ncf.families.ncf import load_model
 from ncf.package import load_package
+from ncf.sampling import recency_rank
 from ncf.splits import Interactions
 from ncf.train import TrainConfig, apply_preset, main, run
 from tests.tiny_data import make_partition, write_partition
@@ -241,22 +242,12 @@ def test_metrics_json_matches_result(tiny_partition_uri, tmp_path):
     assert np.isclose(on_disk["full_ndcg@10"], result.metrics["full_ndcg@10"])
 
 
-def test_recency_rank_orders_each_users_history():
-    from ncf.train import recency_rank
-
-    users = np.array([1, 0, 1, 1, 0, 2, 2])
-    items = np.array([4, 1, 2, 3, 0, 8, 6])
-    ts = np.array([5, 3, 1, 9, 2, 7, 7])
-    # user 2's tie: the larger item index counts as the later interaction, as in the splits
-    assert recency_rank(users, items, ts, 3).tolist() == [0.5, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
-
-
 @pytest.mark.parametrize("power", [1.0, 4.0])
 def test_recency_weights_follow_weight_and_power(tiny_partition, power):
     settings = train.NCFSettings(recency_weight=8.0, recency_power=power)
     data = train._prepare_data(Interactions.of(tiny_partition), settings, torch.device("cpu"))
-    ranks = train.recency_rank(tiny_partition.train_users, tiny_partition.train_items, tiny_partition.train_ts,
-                               tiny_partition.num_users)
+    ranks = recency_rank(tiny_partition.train_users, tiny_partition.train_items, tiny_partition.train_ts,
+                         tiny_partition.num_users)
     raw = 1.0 + 8.0 * ranks**power
     np.testing.assert_allclose(data.weights.numpy(), raw / raw.mean(), rtol=1e-6)
     assert data.weights.mean().item() == pytest.approx(1.0)

@@ -25,13 +25,13 @@ OLD_PACKAGE = Path(__file__).resolve().parents[1] / "data" / "package-before-fam
 # Each family's few settings, small enough for seconds; NCF as a seed ensemble of 2 pretrained NeuMF models.
 SETTINGS = {
     "ncf": dict(epochs=2, batch_size=64, factor_num=8, num_layers=2, ensemble=2, patience=1),
-    "ease": dict(ease_lambda=5.0),
-    "ials": dict(ials_factors=8, ials_iterations=4),
+    "ease": dict(ease_lambda=5.0, ease_recency_weight=16.0),  # history weights travel in the package
+    "ials": dict(ials_factors=8, ials_iterations=4, ials_recency_weight=4.0),
     "popularity": {},
     # made by model selection: the three candidates above, tuned once each, weighed on validation (always exported)
     "blend": dict(family="ncf", candidates="GMF,ease,ials", blend="on", tune_trials=1, tune_trials_ncf=1, epochs=2,
-                  batch_size=64, factor_num=8, ensemble=2, patience=1, ease_lambda=5.0, ials_factors=8,
-                  ials_iterations=4),
+                  batch_size=64, factor_num=8, ensemble=2, patience=1, ease_lambda=5.0, ease_recency_weight=16.0,
+                  ials_factors=8, ials_iterations=4),
 }
 EVERY_FAMILY = [*FAMILIES, *COMPOSITES]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -28,8 +30,34 @@ def test_closed_form_matches_the_paper(tiny_partition):
     np.testing.assert_allclose(exported.weights["B"].numpy(), b, rtol=1e-4, atol=1e-6)
     assert np.all(np.diag(exported.weights["B"].numpy()) == 0.0)
     assert exported.config == {"num_users": rows.num_users, "num_items": rows.num_items, "ease_lambda": 3.0,
-                               "score": "ease"}
+                               "recency_weight": 0.0, "score": "ease"}
+    assert set(exported.weights) == {"B"}
     np.testing.assert_allclose(scorer.score_all(torch.arange(rows.num_users)).numpy(), x @ b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_recency_weight_weighs_each_users_history_when_scoring(tiny_partition):
+    rows = Interactions.of(tiny_partition)
+    plain, _ = get("ease").fit_rows(rows, EaseSettings(ease_lambda=3.0), _context())
+    scorer, exported = get("ease").fit_rows(rows, EaseSettings(ease_lambda=3.0, ease_recency_weight=16.0), _context())
+    b = exported.weights["B"].numpy()
+    np.testing.assert_array_equal(b, plain.b.numpy())  # fitted on the binary history either way
+    weighted = np.zeros((rows.num_users, rows.num_items))
+    weighted[rows.users, rows.items] = rows.recency_weights(16.0)
+    everything = scorer.score_all(torch.arange(rows.num_users))
+    np.testing.assert_allclose(everything.numpy(), weighted @ b, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(everything, plain.score_all(torch.arange(rows.num_users)))
+    items = torch.randint(0, rows.num_items, (rows.num_users, 7), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(scorer.score_candidates(torch.arange(rows.num_users), items),
+                               everything.gather(1, items))
+    # the package keeps the weights in the seen CSR's order, and refuses weights that do not match it
+    indptr, indices = rows.seen_csr()
+    np.testing.assert_allclose(exported.weights["history_weights"].numpy(),  # float32
+                               weighted[np.repeat(np.arange(rows.num_users), np.diff(indptr)), indices], rtol=1e-6)
+    package = SimpleNamespace(seen_indptr=indptr, seen_indices=indices)
+    loaded = get("ease").load(exported.weights, exported.config, package)
+    torch.testing.assert_close(loaded.score_all(torch.arange(rows.num_users)), everything)
+    with pytest.raises(ValueError, match=r"history_weights has \(3,\) entries, expected one per seen item"):
+        get("ease").load({**exported.weights, "history_weights": torch.ones(3)}, exported.config, package)
 
 
 def test_users_without_history_score_zero():

@@ -42,3 +42,23 @@ def test_bad_settings_are_user_errors():
         IALSSettings(ials_factors=0)
     with pytest.raises(UserError, match="ials_alpha > 0"):
         IALSSettings(ials_alpha=0)
+
+
+def test_a_recency_weight_fits_each_users_latest_interactions_closer():
+    """Confidence 1 + alpha * recency weight: the latest items of a history outscore its oldest by more."""
+    partition = make_partition(num_users=60, num_items=50, per_user=8, num_neg=20, seed=3)
+    rows = Interactions.of(partition)
+    context = FitContext(Runtime(torch.device("cpu")), seed=5)
+    order = np.lexsort((rows.ts, rows.users))  # make_partition's timestamps have no ties within a user
+    oldest, latest = order[::8], order[7::8]
+
+    def latest_lead(weight: float) -> float:
+        scorer, _ = get("ials").fit_rows(rows, IALSSettings(ials_factors=6, ials_iterations=5,
+                                                            ials_recency_weight=weight), context)
+        scores = scorer.score_all(torch.arange(60)).numpy()
+        return float((scores[rows.users[latest], rows.items[latest]] - scores[rows.users[oldest],
+                                                                                rows.items[oldest]]).mean())
+
+    assert latest_lead(64.0) > latest_lead(0.0) + 0.05
+    with pytest.raises(UserError, match="ials_recency_weight: must be >= 0"):
+        IALSSettings(ials_recency_weight=-1.0)

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/quality.py                          # ML-100K (../shared) and a synthetic partition
     .venv/bin/python bench/quality.py --datasets ml-100k --ml100k-partition-uri runs/bench-train/data/dt=2000-01-01
+    .venv/bin/python bench/quality.py --datasets grocery --partition grocery=/tmp/grocery/data/dt=2014-07-23
 
 For each dataset the train step runs with the default pipeline's training settings (`ncf.train.TrainConfig`
 defaults: model selection among `--candidates`, default GMF,ease,ials). Then, for reporting only, every candidate
@@ -9,12 +10,13 @@ that was not chosen is trained as the selection would have exported it had it wo
 and the settings its best trial chose), and popularity as the baseline. The blend of the best candidates
 (`--blend auto`) has a row of its own: its weights and validation scores, and its test scores when it was exported. Printed per model: selection's validation
 NDCG@10 / HR@10 (the numbers the choice was made on), test HR@10 / NDCG@10 (sampled protocol, 99 negatives),
-full-ranking HR@10 (+/- 95%), seconds; the chosen one marked. The test columns play no part in the choice.
+full-ranking HR@10 (+/- 95%; over every test user unless `--full-eval-users`), seconds; the chosen one marked. The test columns play no part in the choice.
 
 Datasets: ML-100K through the real preprocessing job (spark/preprocess.py, no minimum-count filter, as in
 docs/training.md), and a synthetic log (spark/generate.py) shaped unlike the demo's: more items than users
 (`--synthetic-users` 1,500 x `--synthetic-items` 4,000) and fewer, broader taste topics, preprocessed with the
-default filters. Prints a table per dataset and appends them, with the command line, to bench/RESULTS.md.
+default filters. Any other partition, e.g. one `ncfctl preprocess` built from a public log (docs/training.md,
+"Public data of other kinds"), is named with `--partition NAME=URI` and listed in `--datasets`. Prints a table per dataset and appends them, with the command line, to bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -123,11 +125,13 @@ def dataset_report(name: str, partition_uri: str, out: Path, extra: dict, select
         fields = {"candidates": "", "family": record["family"], **record["settings"]}
         if record["family"] == "ncf":
             fields["model"] = candidate if candidate in ("GMF", "MLP", "NeuMF") else defaults.model
-        result, seconds = _train(partition_uri, out, f"{name}-{candidate}", **fields)
+        result, seconds = _train(partition_uri, out, f"{name}-{candidate}", full_eval_users=extra["full_eval_users"],
+                                 **fields)
         label = f"{candidate}  settings {record['settings'] or 'configured'}, {record['trials']} trials"
         rows.append(_row(label, record, result, seconds + record["seconds"]))
     if "popularity" not in summary["candidates"]:
-        result, seconds = _train(partition_uri, out, f"{name}-popularity", candidates="", family="popularity")
+        result, seconds = _train(partition_uri, out, f"{name}-popularity", candidates="", family="popularity",
+                                 full_eval_users=extra["full_eval_users"])
         rows.append(_row("popularity (baseline, not a candidate)", {
             contracts.metric_name("ndcg", 10, validation=True): result.metrics["val_ndcg@10"],
             contracts.metric_name("hr", 10, validation=True): result.metrics["val_hr@10"]}, result, seconds))
@@ -141,15 +145,28 @@ def dataset_report(name: str, partition_uri: str, out: Path, extra: dict, select
     return "\n".join([header, "", *table])
 
 
+def _named_uris(items: list[str], flag: str) -> dict[str, str]:
+    for item in items:
+        if "=" not in item or not item.split("=", 1)[1]:
+            raise SystemExit(f"error: {flag} {item!r}: expected NAME=URI")
+    return dict(item.split("=", 1) for item in items)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", default="ml-100k,synthetic", help="comma-separated: ml-100k, synthetic")
+    parser.add_argument("--datasets", default="ml-100k,synthetic",
+                        help="comma-separated: ml-100k, synthetic, and the names given to --partition")
     parser.add_argument("--data-dir", default=str(REPO / "runs" / "bench-quality"), help="where partitions are built")
     parser.add_argument("--ml100k-partition-uri", default="", help="use this ML-100K partition instead of building it")
     parser.add_argument("--synthetic-users", type=int, default=1500)
     parser.add_argument("--synthetic-items", type=int, default=4000)
     parser.add_argument("--synthetic-events", type=int, default=60_000)
     parser.add_argument("--synthetic-topics", type=int, default=8)
+    parser.add_argument("--partition", action="append", default=[], metavar="NAME=URI",
+                        help="a partition already built (e.g. by ncfctl preprocess), benched as dataset NAME")
+    parser.add_argument("--full-eval-users", type=int, default=0,
+                        help="full-ranking metrics over at most this many test users; 0 (default): every one (a "
+                             "sample of 1,000, the train step's default, leaves +/- 0.02 on differences this size)")
     parser.add_argument("--candidates", default=None, help="override the default candidates")
     parser.add_argument("--selected", action="append", default=[], metavar="DATASET=URI",
                         help="reuse a package the train step wrote with the same settings on that dataset's partition "
@@ -158,18 +175,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "bench/quality.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     data_dir = Path(args.data_dir)
-    extra = {} if args.candidates is None else {"candidates": args.candidates}
-    reused = dict(item.split("=", 1) for item in args.selected)
+    extra = {"full_eval_users": args.full_eval_users, **({} if args.candidates is None else
+                                                         {"candidates": args.candidates})}
+    reused = _named_uris(args.selected, "--selected")
+    partitions = _named_uris(args.partition, "--partition")
     reports = []
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
-            if name == "ml-100k":
+            if name in partitions:
+                uri = partitions[name]
+            elif name == "ml-100k":
                 uri = args.ml100k_partition_uri or ml100k_partition(data_dir)
             elif name == "synthetic":
                 uri = synthetic_partition(data_dir, args.synthetic_users, args.synthetic_items,
                                           args.synthetic_events, args.synthetic_topics)
             else:
-                raise SystemExit(f"error: --datasets: unknown dataset {name!r} (ml-100k, synthetic)")
+                raise SystemExit(f"error: --datasets: unknown dataset {name!r} (ml-100k, synthetic, or one named by "
+                                 f"--partition NAME=URI)")
             reports.append(dataset_report(name, uri, Path(tmp), extra, reused.get(name, "")))
             print(reports[-1], flush=True)
     header = (f"## Model selection quality ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {host()}, "

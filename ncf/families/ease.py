@@ -27,9 +27,17 @@ import numpy as np
 import torch
 
 from ncf.errors import UserError
-from ncf.families.base import ClosedFormFamily, ExportedModel, FitContext, Scorer, as_index, candidate_matrix
+from ncf.families.base import (
+    ClosedFormFamily,
+    ExportedModel,
+    FitContext,
+    FitResult,
+    Scorer,
+    as_index,
+    candidate_matrix,
+)
 from ncf.sampling import RECENCY_WEIGHTS
-from ncf.splits import Interactions
+from ncf.splits import FitData, Interactions
 
 _GATHERED_PER_CHUNK = 1 << 24  # history x candidate entries gathered at once in score_candidates
 
@@ -96,6 +104,11 @@ class EaseScorer(Scorer):
         return out
 
 
+def _history_weights(rows: Interactions, settings: EaseSettings) -> np.ndarray:
+    """float32, one per entry of `rows.seen_csr()` (what a package stores as the history it scores)."""
+    return rows.seen_values(rows.recency_weights(settings.ease_recency_weight)).astype(np.float32)
+
+
 def _mirror_upper(matrix: np.ndarray, block: int = 2048) -> None:
     """Copy the upper triangle onto the lower one, in place, a block of rows at a time."""
     for start in range(0, matrix.shape[0], block):
@@ -158,13 +171,20 @@ class EaseFamily(ClosedFormFamily):
         del p, gram, factor
         tensors = {"B": b}
         values = None
-        if settings.ease_recency_weight > 0:  # aligned with the seen CSR, which the package stores as its history
-            values = rows.seen_values(rows.recency_weights(settings.ease_recency_weight)).astype(np.float32)
+        if settings.ease_recency_weight > 0:
+            values = _history_weights(rows, settings)
             tensors["history_weights"] = torch.from_numpy(values)
         exported = ExportedModel(self.name, tensors,
                                  {"num_users": rows.num_users, "num_items": n, "ease_lambda": settings.ease_lambda,
                                   "recency_weight": settings.ease_recency_weight, "score": "ease"})
         return EaseScorer(b, indptr, indices, values), exported
+
+    def fit(self, data: FitData, settings: EaseSettings, context: FitContext) -> FitResult:
+        fitted = super().fit(data, settings, context)
+        if settings.ease_recency_weight > 0 and data.validation is not None and not context.refit:
+            # Exported as fitted, without the validation rows, but the package's history is every training row.
+            fitted.exported.weights["history_weights"] = torch.from_numpy(_history_weights(data.all_train, settings))
+        return fitted
 
     def load(self, weights: dict[str, torch.Tensor], config: dict[str, Any], package) -> EaseScorer:
         b = weights["B"]

@@ -60,6 +60,23 @@ def test_a_recency_weight_weighs_each_users_history_when_scoring(tiny_partition)
         get("ease").load({**exported.weights, "history_weights": torch.ones(3)}, exported.config, package)
 
 
+def test_a_package_fitted_without_refit_weighs_the_history_it_serves(tiny_partition_uri, tmp_path):
+    """--refit false exports B as fitted without the validation rows; the package's history is every training row,
+    so its weights must be too."""
+    from ncf.data import load_partition
+    from ncf.package import load_package
+    from ncf.train import TrainConfig, run
+
+    result = run(TrainConfig(partition_uri=tiny_partition_uri, output_uri=str(tmp_path / "m"), family="ease",
+                             ease_recency_weight=16.0, refit=False, progress="off"))
+    package = load_package(result.model_uri)
+    rows = Interactions.of(load_partition(tiny_partition_uri))
+    weighted = np.zeros((rows.num_users, rows.num_items))
+    weighted[rows.users, rows.items] = rows.recency_weights(16.0)
+    np.testing.assert_allclose(package.scorer.score_all(torch.arange(rows.num_users)).numpy(),
+                               weighted @ package.weights["B"].numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_users_without_history_score_zero():
     partition = make_partition(num_users=10, num_items=20, per_user=3, num_neg=5)
     rows = Interactions.of(partition)

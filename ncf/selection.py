@@ -333,6 +333,7 @@ def select(data: FitData, candidates: list[Candidate], config, context: FitConte
                 result.tuned = {name: getattr(result.settings, name) for name in searched}
                 context.log(f"[select] {candidate.name}: best validation ndcg@{k}={result.best.val_ndcg:.4f} "
                             f"hr@{k}={result.best.val_hr:.4f} (trial {result.best.number} of {count}"
+                            f"{f' + {refinements} refinements' if refinements else ''}"
                             f"{', ' + str(len(result.failed)) + ' failed' if result.failed else ''}) "
                             f"{result.tuned or 'configured settings'}; {result.seconds:.1f}s")
             else:

@@ -135,8 +135,9 @@ class TrainConfig:
                                "on the validation split, and export that blend when it beats every candidate alone "
                                "there (auto), whenever 2+ candidates fitted (on), or never (off)",
                        pipeline=True, choices=BLEND_MODES)
-    tune_trials: int = param(16, "model selection: tuning trials per candidate family other than NCF (trial 0: the "
-                                 "configured settings; a family without a search space gets 1)", pipeline=True)
+    tune_trials: int = param(16, "model selection: search trials per candidate family other than NCF (trial 0: the "
+                                 "configured settings; a family without a search space gets 1), then its "
+                                 "refinements of the best (EASE, iALS: 3 recency weights; none with 1)", pipeline=True)
     tune_trials_ncf: int = param(3, "model selection: tuning trials per NCF candidate (each one model's selection "
                                     "pass, no ensemble; the winner's is reused by the final fit)", pipeline=True)
     ease_lambda: float = param(500.0, "EASE: L2 regularisation lambda of the closed form", family="ease")

@@ -4,10 +4,10 @@ Each observed (user, item) pair has preference 1 and confidence 1 + `ials_alpha`
 matrix by alpha), or with `ials_recency_weight` > 0 confidence 1 + alpha * the pair's recency weight
 (`ncf.sampling.recency_weights`, mean 1, as NCF weighs its positives); every other pair preference 0 and
 confidence 1; `ials_iterations` sweeps of least squares with L2 `ials_regularization` fit `ials_factors`-dimensional
-user and item factors. CPU (implicit's native conjugate-gradient
-solver, one thread per core, BLAS kept single-threaded with threadpoolctl as implicit asks); on a CUDA device
-implicit's GPU solver when the installed implicit was built with CUDA (`implicit.gpu.HAS_CUDA`; the PyPI wheel is
-CPU-only, and the fit then runs on CPU and says so).
+user and item factors. CPU (implicit's native conjugate-gradient solver, one thread per core, BLAS kept
+single-threaded with threadpoolctl as implicit asks); on a CUDA device implicit's GPU solver when the installed
+implicit was built with CUDA (`implicit.gpu.HAS_CUDA`; the PyPI wheel is CPU-only, and the fit then runs on CPU and
+says so).
 
 Package: `weights.safetensors` holds `user_factors` [num_users, f] and `item_factors` [num_items, f] (float32);
 `config.json` `num_users`, `num_items`, `factors`, `"score": "dot"`. Inner product: exact,

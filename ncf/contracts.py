@@ -28,9 +28,13 @@ PARTITION_SCHEMA_VERSION = 1
 PARTITION_TABLES = ("train", "test", "test_negatives", "user_map", "item_map")
 PARTITION_STATS = "stats.json"
 
-# ---- model package (schema version 1) ----------------------------------------------------------------------
+# ---- model package (schema versions 1 and 2) ---------------------------------------------------------------
 
-PACKAGE_SCHEMA_VERSION = 1
+# A package is written with the lowest version whose readers score it right (`ExportedModel.schema_version`), so
+# an older predictor keeps serving what it can and refuses, naming the version, what it would score wrong:
+#   1  every package before EASE's recency weights;
+#   2  a tensor a version-1 reader would silently ignore: EASE's `history_weights` (a blend's member's too).
+PACKAGE_SCHEMA_VERSIONS = (1, 2)  # what this code reads
 PACKAGE_WEIGHTS = "weights.safetensors"
 PACKAGE_CONFIG = "config.json"
 PACKAGE_USER_IDS = "user_ids.json"

@@ -72,7 +72,7 @@ def write_package(directory: str | Path, model: ExportedModel, *, user_ids, item
                         f"({num_users}, {num_items})")
     save_file({k: v.contiguous() for k, v in model.weights.items()}, str(directory / contracts.PACKAGE_WEIGHTS))
     config = {
-        "schema_version": contracts.PACKAGE_SCHEMA_VERSION,
+        "schema_version": model.schema_version,
         "family": model.family,
         **model.config,
         "hyperparameters": dict(hyperparameters or {}),
@@ -147,9 +147,10 @@ def load_package(uri: str | Path) -> ModelPackage:
         if missing:
             raise UserError(f"{uri}: model package lacks {missing}")
         config = storage.read_json(root / contracts.PACKAGE_CONFIG)
-        if config.get("schema_version") != contracts.PACKAGE_SCHEMA_VERSION:
+        if config.get("schema_version") not in contracts.PACKAGE_SCHEMA_VERSIONS:
             raise UserError(f"{uri}/{contracts.PACKAGE_CONFIG}: schema_version {config.get('schema_version')!r}, "
-                            f"expected {contracts.PACKAGE_SCHEMA_VERSION}")
+                            f"this code reads {list(contracts.PACKAGE_SCHEMA_VERSIONS)} (a newer trainer wrote it: "
+                            "update the image that reads it)")
         try:
             weights = load_file(root / contracts.PACKAGE_WEIGHTS)
         except Exception as exc:  # safetensors raises its own error types for corrupt files

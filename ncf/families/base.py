@@ -164,6 +164,7 @@ class ExportedModel:
     family: str
     weights: dict[str, torch.Tensor]  # CPU, contiguous
     config: dict[str, Any]  # must hold num_users and num_items (the package checks its id maps against them)
+    schema_version: int = 1  # the lowest package schema version whose readers score it right (ncf.contracts)
 
 
 @dataclasses.dataclass

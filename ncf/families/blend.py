@@ -100,7 +100,8 @@ def blend(members: list[Member], metrics: dict[str, Any]) -> FitResult:
     config = {"num_users": first["num_users"], "num_items": first["num_items"], "score": "blend",
               "members": described}
     scorer = BlendScorer([(m.fitted.scorer, m.coefficient) for m in members])
-    return FitResult(scorer, ExportedModel(BlendFamily.name, weights, config), metrics)
+    schema_version = max(m.fitted.exported.schema_version for m in members)
+    return FitResult(scorer, ExportedModel(BlendFamily.name, weights, config, schema_version), metrics)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -176,7 +176,8 @@ class EaseFamily(ClosedFormFamily):
             tensors["history_weights"] = torch.from_numpy(values)
         exported = ExportedModel(self.name, tensors,
                                  {"num_users": rows.num_users, "num_items": n, "ease_lambda": settings.ease_lambda,
-                                  "recency_weight": settings.ease_recency_weight, "score": "ease"})
+                                  "recency_weight": settings.ease_recency_weight, "score": "ease"},
+                                 schema_version=2 if values is not None else 1)  # 1's readers ignore the weights
         return EaseScorer(b, indptr, indices, values), exported
 
     def fit(self, data: FitData, settings: EaseSettings, context: FitContext) -> FitResult:

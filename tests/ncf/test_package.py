@@ -82,6 +82,10 @@ def test_incomplete_or_corrupt_packages_are_user_errors(tmp_path, model, tiny_pa
     storage.write_json(uri / "config.json", {**config, "factor_num": 16})
     with pytest.raises(UserError, match="does not match config.json"):
         load_package(uri)
+    # a version this code does not read (a newer trainer's) is refused, naming the versions it reads
+    storage.write_json(uri / "config.json", {**config, "schema_version": 3})
+    with pytest.raises(UserError, match=r"schema_version 3, this code reads \[1, 2\] \(a newer trainer wrote it"):
+        load_package(uri)
 
 
 def test_failed_export_leaves_nothing(tmp_path, model, tiny_partition):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ncf.families.base import InnerProductScorer
-from ncf.families.blend import FAMILY, BlendScorer
+from ncf.families.base import ExportedModel, FitResult, InnerProductScorer
+from ncf.families.blend import FAMILY, BlendScorer, Member, blend
 from ncf.families.popularity import PopularityScorer
 
 
@@ -46,3 +46,13 @@ def test_a_package_config_without_members_or_with_an_unknown_one_is_refused():
     with pytest.raises(ValueError, match=r"members\[0\]: family: unknown model family 'bert4rec'"):
         FAMILY.load({}, {"num_items": 9, "members": [{"family": "bert4rec", "config": {}, "coefficient": 1.0}]},
                     package=None)
+
+
+def test_a_blend_needs_the_newest_schema_version_of_its_members():
+    """A version-1 reader would ignore a version-2 member's tensors (EASE's history weights) inside the blend too."""
+    def member(name: str, schema_version: int) -> Member:
+        exported = ExportedModel(name, {"w": torch.ones(2)}, {"num_users": 6, "num_items": 9}, schema_version)
+        return Member(name, FitResult(_factors(0), exported, {}), 0.5, 1.0)
+
+    assert blend([member("ials", 1), member("ease", 2)], {}).exported.schema_version == 2
+    assert blend([member("ials", 1), member("GMF", 1)], {}).exported.schema_version == 1

@@ -31,7 +31,7 @@ def test_closed_form_matches_the_paper(tiny_partition):
     assert np.all(np.diag(exported.weights["B"].numpy()) == 0.0)
     assert exported.config == {"num_users": rows.num_users, "num_items": rows.num_items, "ease_lambda": 3.0,
                                "recency_weight": 0.0, "score": "ease"}
-    assert set(exported.weights) == {"B"}
+    assert set(exported.weights) == {"B"} and exported.schema_version == 1  # older readers serve it right
     np.testing.assert_allclose(scorer.score_all(torch.arange(rows.num_users)).numpy(), x @ b, rtol=1e-4, atol=1e-5)
 
 
@@ -70,6 +70,7 @@ def test_a_package_fitted_without_refit_weighs_the_history_it_serves(tiny_partit
     result = run(TrainConfig(partition_uri=tiny_partition_uri, output_uri=str(tmp_path / "m"), family="ease",
                              ease_recency_weight=16.0, refit=False, progress="off"))
     package = load_package(result.model_uri)
+    assert package.config["schema_version"] == 2  # a version-1 reader would ignore the weights: it must refuse
     rows = Interactions.of(load_partition(tiny_partition_uri))
     weighted = np.zeros((rows.num_users, rows.num_items))
     weighted[rows.users, rows.items] = rows.recency_weights(16.0)

@@ -123,6 +123,9 @@ def test_fit_export_load_score_evaluate_gate_and_serve(family, packages, partiti
     uri = packages(family)
     package = load_package(uri)
     assert package.family == family and package.config["family"] == family
+    # EASE's recency weights (alone or as a blend member) travel in the package, which older readers must refuse
+    weighted = any(name.endswith("history_weights") for name in package.weights)
+    assert weighted == (family in ("ease", "blend")) and package.config["schema_version"] == (2 if weighted else 1)
     assert package.config["partition_fingerprint"] == "partition-fingerprint-7"
     scorer = package.scorer
     users = torch.arange(partition.num_users)

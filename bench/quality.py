@@ -10,13 +10,15 @@ that was not chosen is trained as the selection would have exported it had it wo
 and the settings its best trial chose), and popularity as the baseline. The blend of the best candidates
 (`--blend auto`) has a row of its own: its weights and validation scores, and its test scores when it was exported. Printed per model: selection's validation
 NDCG@10 / HR@10 (the numbers the choice was made on), test HR@10 / NDCG@10 (sampled protocol, 99 negatives),
-full-ranking HR@10 (+/- 95%; over every test user unless `--full-eval-users`), seconds; the chosen one marked. The test columns play no part in the choice.
+full-ranking HR@10 (+/- 95%; over every test user unless `--full-eval-users`), seconds; the chosen one marked. The
+test columns play no part in the choice.
 
 Datasets: ML-100K through the real preprocessing job (spark/preprocess.py, no minimum-count filter, as in
 docs/training.md), and a synthetic log (spark/generate.py) shaped unlike the demo's: more items than users
 (`--synthetic-users` 1,500 x `--synthetic-items` 4,000) and fewer, broader taste topics, preprocessed with the
 default filters. Any other partition, e.g. one `ncfctl preprocess` built from a public log (docs/training.md,
-"Public data of other kinds"), is named with `--partition NAME=URI` and listed in `--datasets`. Prints a table per dataset and appends them, with the command line, to bench/RESULTS.md.
+"Public data of other kinds"), is named with `--partition NAME=URI` and listed in `--datasets`. Prints a table per
+dataset and appends them, with the command line, to bench/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bench.quality import main
 from tests.tiny_data import make_partition, write_partition
 
 
-def test_a_named_partition_is_benched_with_every_candidate_and_the_baseline(tmp_path, capsys):
+def test_a_named_partition_is_benched_with_every_candidate_and_the_baseline(tmp_path):
     partition = make_partition(num_users=40, num_items=60, per_user=8, num_neg=20, seed=4)
     uri = write_partition(partition, str(tmp_path / "data" / "dt=2026-12-07"))
     results = tmp_path / "RESULTS.md"
@@ -30,6 +32,6 @@ def test_a_named_partition_is_benched_with_every_candidate_and_the_baseline(tmp_
     (["--datasets", "grocery", "--partition", "grocery"], "--partition 'grocery': expected NAME=URI"),
 ])
 def test_bad_dataset_arguments_are_refused_before_any_work(argv, message, tmp_path):
-    with pytest.raises(SystemExit, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(SystemExit, match=re.escape(message)):
         main([*argv, "--data-dir", str(tmp_path / "none"), "--results", str(tmp_path / "RESULTS.md")])
     assert not (tmp_path / "RESULTS.md").exists() and not (tmp_path / "none").exists()

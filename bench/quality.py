@@ -8,9 +8,9 @@ For each dataset the train step runs with the default pipeline's training settin
 defaults: model selection among `--candidates`, default GMF,ease,ials). Then, for reporting only, every candidate
 that was not chosen is trained as the selection would have exported it had it won (`--candidates ''`, its family
 and the settings its best trial chose), and popularity as the baseline. The blend of the best candidates
-(`--blend auto`) has a row of its own: its weights and validation scores, and its test scores when it was exported. Printed per model: selection's validation
-NDCG@10 / HR@10 (the numbers the choice was made on), test HR@10 / NDCG@10 (sampled protocol, 99 negatives),
-full-ranking HR@10 (+/- 95%; over every test user unless `--full-eval-users`), seconds; the chosen one marked. The
+(`--blend auto`) has a row of its own: its weights and validation scores, and its test scores when it was
+exported. Printed per model: selection's validation NDCG@10 / HR@10 (the numbers the choice was made on), test
+HR@10 / NDCG@10 (sampled protocol, 99 negatives), full-ranking HR@10 (+/- 95%; over every test user unless `--full-eval-users`), seconds; the chosen one marked. The
 test columns play no part in the choice.
 
 Datasets: ML-100K through the real preprocessing job (spark/preprocess.py, no minimum-count filter, as in

@@ -118,9 +118,7 @@ def structured_package(directory: Path, num_users: int, num_items: int, *, model
                     table.copy_(values)
         models.append(model)
     model = models[0] if members == 1 else ensemble_of(models).eval()
-    exported = export(model)
-    if model_type == "blend":
-        exported = _blend_with_ials(model, *around_topics(64))
+    exported = _blend_with_ials(model, *around_topics(64)) if model_type == "blend" else export(model)
     by_topic = np.argsort(item_topic, kind="stable")
     starts = np.searchsorted(item_topic[by_topic], np.arange(topics + 1))
     users = np.repeat(np.arange(num_users), per_user)
@@ -138,8 +136,9 @@ def structured_package(directory: Path, num_users: int, num_items: int, *, model
         item_ids=np.asarray([f"i{i}" for i in range(num_items)], dtype=object), stats={})
     uri = save_package(directory, exported, **package_tables(partition), metrics={},
                        retrieval=RetrievalSettings(), extra={"synthetic": "bench/serve.py structured_package"})
-    print(f"wrote {num_users:,} users x {num_items:,} items ({members} x {describe_model(model_type, factor_num, num_layers)}; index "
-          f"included) to {directory} in {time.perf_counter() - started:.0f}s", flush=True)
+    print(f"wrote {num_users:,} users x {num_items:,} items ({members} x "
+          f"{describe_model(model_type, factor_num, num_layers)}; index included) to {directory} in "
+          f"{time.perf_counter() - started:.0f}s", flush=True)
     return uri
 
 

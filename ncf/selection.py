@@ -244,6 +244,22 @@ def _trial_count(family: Family, budgets: dict[str, int]) -> int:
     return max(1, int(budgets.get(family.name, budgets["*"])))
 
 
+def _trials(family: Family, base, count: int, study, result: CandidateResult, searched: list[str]
+            ) -> Iterator[tuple[int, Any, Any, dict[str, Any]]]:
+    """(number, Optuna trial or None, settings, the searched settings' values) of each trial: `count` of the search,
+    then, when it found a best (`result`, filled in by the caller as the trials run), the family's refinements of
+    that best, read only once the search is over."""
+    for number in range(count):
+        trial = study.ask() if number else None  # trial 0: the configured settings
+        tuned = family.search_space(trial, base) if trial is not None else {}
+        yield number, trial, dataclasses.replace(base, **tuned), tuned
+    if count > 1 and result.best is not None:
+        best = result.settings
+        kept = {name: getattr(best, name) for name in searched}
+        for offset, change in enumerate(family.refinements(best)):
+            yield count + offset, None, dataclasses.replace(best, **change), {**kept, **change}
+
+
 def select(data: FitData, candidates: list[Candidate], config, context: FitContext, budgets: dict[str, int],
            tracker: Tracker | None = None, before_candidate: Callable[[Family, Any], None] | None = None,
            blend: str = "off") -> Selection:
@@ -281,23 +297,8 @@ def select(data: FitData, candidates: list[Candidate], config, context: FitConte
             study = optuna.create_study(direction="maximize", sampler=sampler)
             result = CandidateResult(candidate, base, {}, None, [], [], 0.0)
             searched: list[str] = []
-            changes: list[dict[str, Any]] = []
             started = time.perf_counter()
-            for number in range(count + refinements):
-                trial = study.ask() if 0 < number < count else None  # trial 0: the configured settings
-                if number < count:
-                    tuned = family.search_space(trial, base) if trial is not None else {}
-                    settings = dataclasses.replace(base, **tuned)
-                else:  # a refinement of the search's best trial
-                    if number == count:
-                        if result.best is None:  # every trial failed: nothing to refine
-                            bar.update(refinements)
-                            break
-                        searched_best = result.settings
-                        changes = family.refinements(searched_best)
-                    change = changes[number - count]
-                    settings = dataclasses.replace(searched_best, **change)
-                    tuned = {**{name: getattr(searched_best, name) for name in searched}, **change}
+            for number, trial, settings, tuned in _trials(family, base, count, study, result, searched):
                 searched += [name for name in tuned if name not in searched]
                 trial_context = dataclasses.replace(context, refit=False, resume=False, checkpoint_dir="",
                                                     report=False, reuse=None)
@@ -328,6 +329,8 @@ def select(data: FitData, candidates: list[Candidate], config, context: FitConte
                         result.val_scores = validation_scores(fitted.scorer, data.validation, blend_rows)
                 del fitted
                 bar.update(1)
+            if result.best is None:  # every trial failed: no refinements ran
+                bar.update(refinements)
             result.seconds = time.perf_counter() - started
             if result.best is not None:
                 result.tuned = {name: getattr(result.settings, name) for name in searched}

@@ -54,6 +54,14 @@ class Interactions:
             return np.asarray(values)[order]
         return np.maximum.reduceat(np.asarray(values)[order], starts) if keys.size else np.asarray(values)[:0]
 
+    def weighted_seen_csr(self, recency_weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`seen_csr()` and each entry's recency weight (float32; all ones, without sorting the rows again, for
+        weight 0): the history EASE scores with, the confidences iALS weighs."""
+        indptr, indices = self.seen_csr()
+        if recency_weight == 0:
+            return indptr, indices, np.ones(indices.size, dtype=np.float32)
+        return indptr, indices, self.seen_values(self.recency_weights(recency_weight)).astype(np.float32)
+
     def item_counts(self) -> np.ndarray:
         """float32 [num_items]: interactions per item."""
         return np.bincount(self.items, minlength=self.num_items).astype(np.float32)

@@ -100,8 +100,8 @@ class TrainConfig:
     recency_weight: float = _ncf(16.0, "weight each user's positives by recency: 1 + recency_weight * "
                                        "r**recency_power for the r-th fraction of the user's history (0 oldest, 1 "
                                        "latest), normalised to mean 1; 0: off (the paper's uniform weights)")
-    recency_power: float = _ncf(RECENCY_POWER, "shape of the recency weights: 1 grows linearly with r; larger powers put the "
-                                     "weight on each user's latest interactions")
+    recency_power: float = _ncf(RECENCY_POWER, "shape of the recency weights: 1 grows linearly with r; larger "
+                                               "powers put the weight on each user's latest interactions")
     pretrain: bool = _ncf(True, "NeuMF: train GMF and MLP first and initialise NeuMF from them (alpha 0.5); "
                                 "ignored for GMF / MLP")
     patience: int = _ncf(3, "early stopping: epochs without validation improvement; 0: no validation split, "

@@ -104,11 +104,6 @@ class EaseScorer(Scorer):
         return out
 
 
-def _history_weights(rows: Interactions, settings: EaseSettings) -> np.ndarray:
-    """float32, one per entry of `rows.seen_csr()` (what a package stores as the history it scores)."""
-    return rows.seen_values(rows.recency_weights(settings.ease_recency_weight)).astype(np.float32)
-
-
 def _mirror_upper(matrix: np.ndarray, block: int = 2048) -> None:
     """Copy the upper triangle onto the lower one, in place, a block of rows at a time."""
     for start in range(0, matrix.shape[0], block):
@@ -151,7 +146,7 @@ class EaseFamily(ClosedFormFamily):
         context.require_memory(self.memory(rows), f"ease: a catalogue of {n:,} items",
                                "use --family ials (memory linear in the catalogue), or drop rare items in "
                                "preprocessing (--min-item-interactions)")
-        indptr, indices = rows.seen_csr()
+        indptr, indices, history_weights = rows.weighted_seen_csr(settings.ease_recency_weight)
         x = scipy.sparse.csr_matrix((np.ones(indices.size), indices, indptr), shape=(rows.num_users, n))
         gram = (x.T @ x).toarray()
         gram[np.diag_indices(n)] += settings.ease_lambda
@@ -170,9 +165,9 @@ class EaseFamily(ClosedFormFamily):
         b = torch.from_numpy(p.astype(np.float32, order="C"))
         del p, gram, factor
         tensors = {"B": b}
-        values = None
+        values = None  # the binary history: no weights to store or multiply by
         if settings.ease_recency_weight > 0:
-            values = _history_weights(rows, settings)
+            values = history_weights
             tensors["history_weights"] = torch.from_numpy(values)
         exported = ExportedModel(self.name, tensors,
                                  {"num_users": rows.num_users, "num_items": n, "ease_lambda": settings.ease_lambda,
@@ -184,7 +179,8 @@ class EaseFamily(ClosedFormFamily):
         fitted = super().fit(data, settings, context)
         if settings.ease_recency_weight > 0 and data.validation is not None and not context.refit:
             # Exported as fitted, without the validation rows, but the package's history is every training row.
-            fitted.exported.weights["history_weights"] = torch.from_numpy(_history_weights(data.all_train, settings))
+            _, _, values = data.all_train.weighted_seen_csr(settings.ease_recency_weight)
+            fitted.exported.weights["history_weights"] = torch.from_numpy(values)
         return fitted
 
     def load(self, weights: dict[str, torch.Tensor], config: dict[str, Any], package) -> EaseScorer:

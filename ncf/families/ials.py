@@ -79,8 +79,7 @@ class IALSFamily(ClosedFormFamily):
         on_gpu = context.runtime.device.type == "cuda" and implicit.gpu.HAS_CUDA
         if context.runtime.device.type == "cuda" and not on_gpu:
             context.log("[ials] this implicit build has no CUDA support: fitting on CPU")
-        indptr, indices = rows.seen_csr()
-        confidence = rows.seen_values(rows.recency_weights(settings.ials_recency_weight)).astype(np.float32)
+        indptr, indices, confidence = rows.weighted_seen_csr(settings.ials_recency_weight)
         user_items = scipy.sparse.csr_matrix((confidence, indices, indptr), shape=(rows.num_users, rows.num_items))
         with threadpool_limits(1, "blas"):  # implicit's own threads; a threaded BLAS inside them oversubscribes
             model = AlternatingLeastSquares(factors=f, regularization=settings.ials_regularization,
